@@ -1,0 +1,100 @@
+//! The HTTP API: SQL queries, health and readiness, and the engine's own
+//! metrics in Prometheus format.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::internal_events::{Metrics, QueryExecuted};
+use crate::query::{QueryEngine, QueryError};
+use crate::store::Store;
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: QueryEngine,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    /// Set once every receiver listens.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/query", post(query))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// The body of `POST /api/v1/query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub sql: String,
+}
+
+fn json_error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn query(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let request: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"sql\": \"...\"}}: {e}"),
+            );
+        }
+    };
+    match state.engine.sql(&request.sql).await {
+        Ok(result) => {
+            QueryExecuted { error: None }.emit(&state.metrics);
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                result.to_json(),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            let message = e.to_string();
+            QueryExecuted {
+                error: Some(&message),
+            }
+            .emit(&state.metrics);
+            let status = match e {
+                QueryError::User(_) => StatusCode::BAD_REQUEST,
+                QueryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            json_error(status, message)
+        }
+    }
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(&state.store),
+    )
+        .into_response()
+}

@@ -1,0 +1,288 @@
+//! Configuration: plain data read from TOML (every key documented here and in
+//! `deploy/homeostat.toml`), overridden by command-line flags, then validated
+//! once into the options each subsystem takes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::query::QueryOptions;
+use crate::store::StoreOptions;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole configuration file. Every key is optional; `homeostat run`
+/// with no file at all uses these defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the OTLP/gRPC receiver.
+    pub otlp_grpc: SocketAddr,
+    /// Address of the OTLP/HTTP receiver (`/v1/traces`, `/v1/metrics`, `/v1/logs`).
+    pub otlp_http: SocketAddr,
+    /// Address of the HTTP API.
+    pub api: SocketAddr,
+    /// Folder of rule files.
+    pub rules: PathBuf,
+    /// Where decisions and archived telemetry are kept: a local folder or an
+    /// object-store URL.
+    pub data: String,
+    /// OTLP receivers.
+    pub ingest: IngestConfig,
+    /// The in-memory store.
+    pub store: StoreConfig,
+    /// The SQL engine behind `/api/v1/query`.
+    pub query: QueryConfig,
+}
+
+/// `[ingest]`: the OTLP receivers.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest request body accepted, checked on the body as sent and again
+    /// after decompression ("20 MiB"); larger requests get HTTP 413 or gRPC
+    /// RESOURCE_EXHAUSTED.
+    pub max_request_size: ByteSize,
+    /// The delay suggested to senders (HTTP `Retry-After`) when the memory
+    /// budget is full.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+/// `[store]`: the in-memory tables.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Arrow memory all tables together may hold; when full, receivers ask
+    /// senders to retry later instead of growing.
+    pub memory_budget: ByteSize,
+    /// How long data stays in memory, counted from both its event time and
+    /// its arrival.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Width of the event-time partitions that queries prune by.
+    #[serde(with = "humantime_serde")]
+    pub partition: Duration,
+}
+
+/// `[query]`: SQL from the API and the CLI.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Memory one query may use for sorts, joins and aggregations.
+    pub memory_limit: ByteSize,
+    /// Rows returned at most; longer results are cut and flagged `truncated`.
+    pub max_rows: usize,
+    /// Time a query may run before it is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            api: SocketAddr::from(([127, 0, 0, 1], 8480)),
+            rules: PathBuf::from("rules"),
+            data: "data".into(),
+            ingest: IngestConfig::default(),
+            store: StoreConfig::default(),
+            query: QueryConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_request_size: ByteSize::mib(20),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            memory_budget: ByteSize::gib(1),
+            retention: Duration::from_secs(3600),
+            partition: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: ByteSize::mib(512),
+            max_rows: 100_000,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document; errors name the file, line and column.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_column(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })
+    }
+
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks the values no type can: sizes and durations that would make
+    /// the engine useless.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.ingest.max_request_size.as_u64() == 0 {
+            return invalid("ingest.max_request_size", "must be more than 0 bytes");
+        }
+        if self.store.memory_budget.as_u64() == 0 {
+            return invalid("store.memory_budget", "must be more than 0 bytes");
+        }
+        if self.store.partition.is_zero() {
+            return invalid("store.partition", "must be longer than 0s");
+        }
+        if self.store.retention < self.store.partition {
+            return invalid("store.retention", "must be at least one partition long");
+        }
+        if self.query.max_rows == 0 {
+            return invalid("query.max_rows", "must be at least 1");
+        }
+        if self.query.timeout.is_zero() {
+            return invalid("query.timeout", "must be longer than 0s");
+        }
+        Ok(())
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            memory_budget: self.store.memory_budget.as_u64(),
+            retention: self.store.retention,
+            partition: self.store.partition,
+        }
+    }
+
+    pub fn query_options(&self) -> QueryOptions {
+        QueryOptions {
+            memory_limit: usize::try_from(self.query.memory_limit.as_u64()).unwrap_or(usize::MAX),
+            max_rows: self.query.max_rows,
+            timeout: self.query.timeout,
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+/// Durations in humantime notation ("90s", "1h 30m").
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| D::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(
+            Config::parse("", Path::new("x.toml")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_line() {
+        let err = Config::parse(
+            "api = \"127.0.0.1:1\"\n[store]\nbudget = \"1 GiB\"\n",
+            Path::new("h.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("h.toml:3:1: unknown field `budget`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations_are_human() {
+        let c = Config::parse(
+            "[store]\nmemory_budget = \"64 MiB\"\nretention = \"2h 30m\"\n",
+            Path::new("h.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.store.memory_budget, ByteSize::mib(64));
+        assert_eq!(c.store.retention, Duration::from_secs(9000));
+        let err =
+            Config::parse("[store]\nretention = \"soon\"\n", Path::new("h.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("invalid duration \"soon\""),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! OTLP receivers: gRPC and HTTP front ends that decode requests and hand
+//! them to [`Ingester`], which converts them to Arrow and stores them.
+//!
+//! Both transports share the same decisions, so they answer alike:
+//! the budget check before decoding, partial success for items the
+//! converters reject, and "retry later" when the store is full.
+
+pub mod convert;
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+use crate::internal_events::{BatchIngested, IngestRefused, Metrics, Transport};
+use crate::store::{Store, StoreError};
+use convert::Converted;
+
+/// The three OTLP signals, each stored in its own table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Traces = 0,
+    Metrics = 1,
+    Logs = 2,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+    /// The SQL table the signal is stored in.
+    pub fn table(self) -> &'static str {
+        match self {
+            Signal::Traces => "spans",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
+    /// The signal's name as OTLP and metrics labels spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Signal::Traces => convert::spans::schema(),
+            Signal::Metrics => convert::metrics::schema(),
+            Signal::Logs => convert::logs::schema(),
+        }
+    }
+
+    /// The event-time column the table is partitioned and pruned by.
+    pub fn time_column(self) -> &'static str {
+        match self {
+            Signal::Traces => convert::spans::TIME_COLUMN,
+            Signal::Metrics => convert::metrics::TIME_COLUMN,
+            Signal::Logs => convert::logs::TIME_COLUMN,
+        }
+    }
+}
+
+/// An OTLP export request of one signal: how to convert it and how to
+/// answer it. Adding a signal is one converter file and one impl here.
+pub trait ExportRequest:
+    prost::Message + Default + serde::de::DeserializeOwned + Send + 'static
+{
+    type Response: prost::Message + serde::Serialize + Default + Send + 'static;
+    const SIGNAL: Signal;
+
+    fn convert(&self) -> Result<Converted, ArrowError>;
+
+    /// The reply: empty on full success, a partial success otherwise.
+    fn response(rejected: i64, message: String) -> Self::Response;
+}
+
+impl ExportRequest for ExportTraceServiceRequest {
+    type Response = ExportTraceServiceResponse;
+    const SIGNAL: Signal = Signal::Traces;
+
+    fn convert(&self) -> Result<Converted, ArrowError> {
+        convert::spans::convert(self)
+    }
+
+    fn response(rejected: i64, message: String) -> Self::Response {
+        ExportTraceServiceResponse {
+            partial_success: (rejected > 0 || !message.is_empty()).then_some(
+                ExportTracePartialSuccess {
+                    rejected_spans: rejected,
+                    error_message: message,
+                },
+            ),
+        }
+    }
+}
+
+impl ExportRequest for ExportMetricsServiceRequest {
+    type Response = ExportMetricsServiceResponse;
+    const SIGNAL: Signal = Signal::Metrics;
+
+    fn convert(&self) -> Result<Converted, ArrowError> {
+        convert::metrics::convert(self)
+    }
+
+    fn response(rejected: i64, message: String) -> Self::Response {
+        ExportMetricsServiceResponse {
+            partial_success: (rejected > 0 || !message.is_empty()).then_some(
+                ExportMetricsPartialSuccess {
+                    rejected_data_points: rejected,
+                    error_message: message,
+                },
+            ),
+        }
+    }
+}
+
+impl ExportRequest for ExportLogsServiceRequest {
+    type Response = ExportLogsServiceResponse;
+    const SIGNAL: Signal = Signal::Logs;
+
+    fn convert(&self) -> Result<Converted, ArrowError> {
+        convert::logs::convert(self)
+    }
+
+    fn response(rejected: i64, message: String) -> Self::Response {
+        ExportLogsServiceResponse {
+            partial_success: (rejected > 0 || !message.is_empty()).then_some(
+                ExportLogsPartialSuccess {
+                    rejected_log_records: rejected,
+                    error_message: message,
+                },
+            ),
+        }
+    }
+}
+
+/// Why a request was not (wholly) accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The memory budget is full: the sender should retry after the delay.
+    #[error("{source}; retry after {}", humantime::format_duration(*retry_after))]
+    Full {
+        source: StoreError,
+        retry_after: Duration,
+    },
+    /// The memory budget is full before decoding anything.
+    #[error("memory budget full; retry after {}", humantime::format_duration(*retry_after))]
+    Busy { retry_after: Duration },
+    /// A converter bug or an Arrow invariant: not the sender's fault.
+    #[error("internal error converting {signal} to Arrow: {source}")]
+    Internal {
+        signal: &'static str,
+        source: ArrowError,
+    },
+}
+
+/// Converts decoded requests and stores them, counting what happens.
+#[derive(Debug, Clone)]
+pub struct Ingester {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    retry_after: Duration,
+}
+
+impl Ingester {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, retry_after: Duration) -> Self {
+        Self {
+            store,
+            metrics,
+            retry_after,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Refuses early, before a request is decoded, when nothing more fits.
+    pub fn check_capacity(&self, signal: Signal, transport: Transport) -> Result<(), IngestError> {
+        if self.store.is_full() {
+            IngestRefused {
+                signal,
+                transport,
+                reason: "memory_budget",
+            }
+            .emit(&self.metrics);
+            return Err(IngestError::Busy {
+                retry_after: self.retry_after,
+            });
+        }
+        Ok(())
+    }
+
+    /// Converts and stores one request; the reply carries the items the
+    /// converter rejected.
+    pub fn export<R: ExportRequest>(
+        &self,
+        request: &R,
+        transport: Transport,
+    ) -> Result<R::Response, IngestError> {
+        let Converted { batch, rejected } =
+            request.convert().map_err(|source| IngestError::Internal {
+                signal: R::SIGNAL.name(),
+                source,
+            })?;
+        let accepted = batch.num_rows();
+        self.store
+            .insert(R::SIGNAL, batch, now_nanos())
+            .map_err(|source| {
+                IngestRefused {
+                    signal: R::SIGNAL,
+                    transport,
+                    reason: "memory_budget",
+                }
+                .emit(&self.metrics);
+                IngestError::Full {
+                    source,
+                    retry_after: self.retry_after,
+                }
+            })?;
+        BatchIngested {
+            signal: R::SIGNAL,
+            transport,
+            accepted: accepted as u64,
+            rejected: rejected.count as u64,
+        }
+        .emit(&self.metrics);
+        Ok(R::response(rejected.count, rejected.message()))
+    }
+}
+
+/// Wall-clock time in UTC nanoseconds.
+pub fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,248 @@
+//! Typed internal events: one struct per thing that happens, whose `emit()`
+//! logs it and counts it, with labels from small fixed sets. Emitted per
+//! request or batch, never per row.
+//!
+//! Metrics live in a [`Metrics`] registry owned by each running instance
+//! (not a process-wide global), so several instances in one test process do
+//! not mix their counts.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::ingest::Signal;
+use crate::store::{Expired, Store};
+
+/// The front end a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Http => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabels {
+    signal: &'static str,
+    transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    signal: &'static str,
+    transport: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The engine's own metrics, exposed at `/metrics`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    ingested: Family<SignalLabels, Counter>,
+    rejected: Family<SignalLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
+    expired_rows: Family<TableLabels, Counter>,
+    store_bytes: Family<TableLabels, Gauge>,
+    store_rows: Family<TableLabels, Gauge>,
+    store_budget: Gauge,
+    queries: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("homeostat");
+        let m = Self {
+            ingested: Family::default(),
+            rejected: Family::default(),
+            refused: Family::default(),
+            expired_rows: Family::default(),
+            store_bytes: Family::default(),
+            store_rows: Family::default(),
+            store_budget: Gauge::default(),
+            queries: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ingested_items",
+            "Spans, data points and log records stored, by signal and transport",
+            m.ingested.clone(),
+        );
+        registry.register(
+            "rejected_items",
+            "Items rejected one by one inside accepted requests (OTLP partial success)",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "refused_requests",
+            "Whole requests refused, by reason",
+            m.refused.clone(),
+        );
+        registry.register(
+            "expired_rows",
+            "Rows dropped from memory by retention",
+            m.expired_rows.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Arrow memory held per table",
+            m.store_bytes.clone(),
+        );
+        registry.register("store_rows", "Rows held per table", m.store_rows.clone());
+        registry.register(
+            "store_budget_bytes",
+            "Memory budget of the store",
+            m.store_budget.clone(),
+        );
+        registry.register("queries", "SQL queries, by outcome", m.queries.clone());
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition, with store gauges read now.
+    pub fn render(&self, store: &Store) -> String {
+        for table in store.tables() {
+            let (bytes, rows) = table.usage();
+            let labels = TableLabels {
+                table: table.name(),
+            };
+            self.store_bytes.get_or_create(&labels).set(bytes as i64);
+            self.store_rows.get_or_create(&labels).set(rows as i64);
+        }
+        self.store_budget.set(store.options().memory_budget as i64);
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// A request's items were stored.
+pub struct BatchIngested {
+    pub signal: Signal,
+    pub transport: Transport,
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+impl BatchIngested {
+    pub fn emit(self, metrics: &Metrics) {
+        let labels = SignalLabels {
+            signal: self.signal.name(),
+            transport: self.transport.name(),
+        };
+        metrics
+            .ingested
+            .get_or_create(&labels)
+            .inc_by(self.accepted);
+        if self.rejected > 0 {
+            tracing::debug!(
+                signal = self.signal.name(),
+                rejected = self.rejected,
+                "items rejected in a partially accepted request"
+            );
+            metrics
+                .rejected
+                .get_or_create(&labels)
+                .inc_by(self.rejected);
+        }
+    }
+}
+
+/// A whole request was refused.
+pub struct IngestRefused {
+    pub signal: Signal,
+    pub transport: Transport,
+    /// One of `memory_budget`, `too_large`, `bad_request`,
+    /// `unsupported_media_type`, `internal`.
+    pub reason: &'static str,
+}
+
+impl IngestRefused {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(
+            signal = self.signal.name(),
+            transport = self.transport.name(),
+            reason = self.reason,
+            "request refused"
+        );
+        metrics
+            .refused
+            .get_or_create(&RefusedLabels {
+                signal: self.signal.name(),
+                transport: self.transport.name(),
+                reason: self.reason,
+            })
+            .inc();
+    }
+}
+
+/// Retention removed partitions from memory.
+pub struct PartitionsExpired<'a> {
+    pub table: &'static str,
+    pub expired: &'a Expired,
+}
+
+impl PartitionsExpired<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        if self.expired.rows == 0 {
+            return;
+        }
+        tracing::info!(
+            table = self.table,
+            partitions = self.expired.partitions,
+            rows = self.expired.rows,
+            bytes = self.expired.bytes,
+            "retention dropped partitions from memory"
+        );
+        metrics
+            .expired_rows
+            .get_or_create(&TableLabels { table: self.table })
+            .inc_by(self.expired.rows);
+    }
+}
+
+/// A SQL query ran, or failed.
+pub struct QueryExecuted<'a> {
+    pub error: Option<&'a str>,
+}
+
+impl QueryExecuted<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        let outcome = match self.error {
+            None => "ok",
+            Some(e) => {
+                tracing::debug!(error = e, "query failed");
+                "error"
+            }
+        };
+        metrics
+            .queries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+}

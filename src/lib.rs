@@ -1,0 +1,24 @@
+//! Homeostat: an embedded stream-processing engine for telemetry-driven
+//! remediation.
+//!
+//! # Layout
+//!
+//! The modules follow the data:
+//!
+//! - [`ingest`]: OTLP receivers (gRPC and HTTP) and the pure converters from
+//!   OTLP messages to Arrow record batches, one file per signal.
+//! - [`store`]: time-partitioned in-memory tables under a memory budget,
+//!   exposed to DataFusion as table providers that prune by time.
+//! - [`query`]: SQL over the tables (DataFusion), read-only and bounded.
+//! - [`api`]: the HTTP API: queries, health, metrics.
+//! - [`server`]: starts and stops an instance: listeners, tasks, shutdown.
+//! - [`config`]: the TOML configuration and its defaults.
+//! - [`internal_events`]: the engine's own typed events and metrics.
+
+pub mod api;
+pub mod config;
+pub mod ingest;
+pub mod internal_events;
+pub mod query;
+pub mod server;
+pub mod store;

@@ -1,0 +1,212 @@
+//! Starting and stopping a whole instance: binds every listener first (so a
+//! busy port fails the start with its name), then serves until shut down,
+//! letting requests in flight finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::{Config, ConfigError};
+use crate::ingest::{self, Ingester, now_nanos};
+use crate::internal_events::{Metrics, PartitionsExpired};
+use crate::query::QueryEngine;
+use crate::store::Store;
+
+/// Why an instance could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the query engine: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    #[error("{what} server failed: {message}")]
+    Serve { what: &'static str, message: String },
+}
+
+/// A running instance.
+pub struct Running {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub api: SocketAddr,
+    pub store: Arc<Store>,
+    pub engine: QueryEngine,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<Result<(), ServerError>>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+fn local(
+    listener: &TcpListener,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, ServerError> {
+    listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+/// Starts an instance on `config`.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    config.validate()?;
+    let grpc_listener = bind("OTLP/gRPC", config.otlp_grpc).await?;
+    let http_listener = bind("OTLP/HTTP", config.otlp_http).await?;
+    let api_listener = bind("the API", config.api).await?;
+    let otlp_grpc = local(&grpc_listener, "OTLP/gRPC", config.otlp_grpc)?;
+    let otlp_http = local(&http_listener, "OTLP/HTTP", config.otlp_http)?;
+    let api = local(&api_listener, "the API", config.api)?;
+
+    let store = Arc::new(Store::new(config.store_options()));
+    let metrics = Arc::new(Metrics::new());
+    let engine = QueryEngine::new(&store, config.query_options())?;
+    let ingester = Ingester::new(store.clone(), metrics.clone(), config.ingest.retry_after);
+    let max_request =
+        usize::try_from(config.ingest.max_request_size.as_u64()).unwrap_or(usize::MAX);
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    tasks.spawn(serve_grpc(
+        grpc_listener,
+        ingester.clone(),
+        max_request,
+        shutdown.clone(),
+    ));
+    let otlp_router = ingest::http::router(ingester, max_request);
+    tasks.spawn(serve_http(
+        "OTLP/HTTP",
+        http_listener,
+        otlp_router,
+        shutdown.clone(),
+    ));
+    let api_router = api::router(ApiState {
+        engine: engine.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    tasks.spawn(serve_http(
+        "API",
+        api_listener,
+        api_router,
+        shutdown.clone(),
+    ));
+    tasks.spawn(expire_loop(
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    // Every listener is bound and served: connections are accepted from here on.
+    ready.store(true, Ordering::Release);
+    tracing::info!(%otlp_grpc, %otlp_http, %api, "homeostat is ready");
+    Ok(Running {
+        otlp_grpc,
+        otlp_http,
+        api,
+        store,
+        engine,
+        metrics,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    ingester: Ingester,
+    max_request: usize,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    ingest::grpc::serve(listener, ingester, max_request, shutdown)
+        .await
+        .map_err(|e| ServerError::Serve {
+            what: "OTLP/gRPC",
+            message: e.to_string(),
+        })
+}
+
+async fn serve_http(
+    what: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(|e| ServerError::Serve {
+            what,
+            message: e.to_string(),
+        })
+}
+
+/// Applies retention once a second: cheap (a scan of partition headers).
+async fn expire_loop(
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                for (table, expired) in store.expire(now_nanos()) {
+                    PartitionsExpired { table, expired: &expired }.emit(&metrics);
+                }
+            }
+        }
+    }
+}
+
+impl Running {
+    /// Asks every server to stop accepting and finish what is in flight.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A token that stops the instance when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every server has stopped; the first error wins, and
+    /// stops the others.
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let outcome = joined.unwrap_or_else(|e| {
+                Err(ServerError::Serve {
+                    what: "a server task",
+                    message: e.to_string(),
+                })
+            });
+            if let Err(e) = outcome {
+                self.shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,269 @@
+//! The in-memory store: per table, record batches grouped into event-time
+//! partitions, bounded by one memory budget shared by all tables.
+//!
+//! Writers reserve the bytes of a batch before it is added; when the budget
+//! is full the reservation fails and the receivers answer "retry later"
+//! (HTTP 429, gRPC UNAVAILABLE) instead of growing. Accepted data leaves only
+//! through retention, which is counted and logged, never silently.
+//!
+//! A batch lands in the partition of its earliest row and widens that
+//! partition's `[min, max]` time range, so pruning by time stays exact without
+//! splitting batches.
+
+mod provider;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::array::{RecordBatch, TimestampNanosecondArray};
+use arrow::compute::{max, min};
+use arrow::datatypes::SchemaRef;
+use parking_lot::RwLock;
+
+pub use provider::StoreTable;
+
+use crate::ingest::Signal;
+
+/// Limits of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Bytes of Arrow memory all tables together may hold.
+    pub memory_budget: u64,
+    /// How long data is kept after both its event time and its arrival.
+    pub retention: Duration,
+    /// Width of a time partition.
+    pub partition: Duration,
+}
+
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("memory budget full: {used} of {budget} bytes in use, {requested} more requested")]
+    Full {
+        used: u64,
+        budget: u64,
+        requested: u64,
+    },
+}
+
+/// A time range in UTC nanoseconds: `[start, end)`, either side open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+}
+
+impl TimeRange {
+    pub const ALL: TimeRange = TimeRange {
+        start: None,
+        end: None,
+    };
+
+    /// Whether rows with times in `[min, max]` can fall in this range.
+    pub fn overlaps(&self, min: i64, max: i64) -> bool {
+        self.start.is_none_or(|s| max >= s) && self.end.is_none_or(|e| min < e)
+    }
+
+    /// The intersection of two ranges.
+    pub fn intersect(self, other: TimeRange) -> TimeRange {
+        let pick = |a: Option<i64>, b: Option<i64>, f: fn(i64, i64) -> i64| match (a, b) {
+            (Some(a), Some(b)) => Some(f(a, b)),
+            (a, b) => a.or(b),
+        };
+        TimeRange {
+            start: pick(self.start, other.start, i64::max),
+            end: pick(self.end, other.end, i64::min),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Partition {
+    batches: Vec<RecordBatch>,
+    min_time: i64,
+    max_time: i64,
+    bytes: u64,
+    rows: u64,
+    /// Wall-clock nanoseconds of the last insert: data that arrives late
+    /// (or with old timestamps) still gets the whole retention.
+    last_insert: i64,
+}
+
+/// One table: its schema and its partitions.
+#[derive(Debug)]
+pub struct Table {
+    signal: Signal,
+    schema: SchemaRef,
+    time_column: usize,
+    partitions: RwLock<BTreeMap<i64, Partition>>,
+}
+
+impl Table {
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.signal.table()
+    }
+
+    /// The name of the column partitions are pruned by.
+    pub fn time_column(&self) -> &str {
+        self.schema.field(self.time_column).name()
+    }
+
+    /// The batches whose partitions may hold rows in `range`.
+    pub fn batches(&self, range: TimeRange) -> Vec<RecordBatch> {
+        self.partitions
+            .read()
+            .values()
+            .filter(|p| range.overlaps(p.min_time, p.max_time))
+            .flat_map(|p| p.batches.iter().cloned())
+            .collect()
+    }
+
+    /// Bytes and rows held.
+    pub fn usage(&self) -> (u64, u64) {
+        self.partitions
+            .read()
+            .values()
+            .fold((0, 0), |(b, r), p| (b + p.bytes, r + p.rows))
+    }
+}
+
+/// What an expiry pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    pub partitions: u64,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// All tables and the memory budget they share.
+#[derive(Debug)]
+pub struct Store {
+    tables: [Arc<Table>; 3],
+    options: StoreOptions,
+    used: AtomicU64,
+}
+
+impl Store {
+    pub fn new(options: StoreOptions) -> Self {
+        let table = |signal: Signal| {
+            let schema = signal.schema();
+            let time_column = schema
+                .index_of(signal.time_column())
+                .expect("every signal's schema has its time column");
+            Arc::new(Table {
+                signal,
+                schema,
+                time_column,
+                partitions: RwLock::new(BTreeMap::new()),
+            })
+        };
+        Self {
+            tables: Signal::ALL.map(table),
+            options,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    pub fn table(&self, signal: Signal) -> &Arc<Table> {
+        &self.tables[signal as usize]
+    }
+
+    pub fn tables(&self) -> &[Arc<Table>] {
+        &self.tables
+    }
+
+    /// Bytes held by all tables.
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Whether no more data fits: lets receivers refuse before decoding.
+    pub fn is_full(&self) -> bool {
+        self.used_bytes() >= self.options.memory_budget
+    }
+
+    /// Adds a batch if the budget allows; `now` is wall-clock nanoseconds.
+    pub fn insert(&self, signal: Signal, batch: RecordBatch, now: i64) -> Result<(), StoreError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let bytes = batch.get_array_memory_size() as u64;
+        let budget = self.options.memory_budget;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + bytes <= budget).then_some(used + bytes)
+            })
+            .map_err(|used| StoreError::Full {
+                used,
+                budget,
+                requested: bytes,
+            })?;
+
+        let table = self.table(signal);
+        let times = batch
+            .column(table.time_column)
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .expect("time columns are nanosecond timestamps");
+        let (lo, hi) = (
+            min(times).expect("a non-empty, non-null column has a minimum"),
+            max(times).expect("a non-empty, non-null column has a maximum"),
+        );
+        let width = self.options.partition.as_nanos().max(1) as i64;
+        let key = lo.div_euclid(width) * width;
+        let rows = batch.num_rows() as u64;
+        let mut partitions = table.partitions.write();
+        let p = partitions.entry(key).or_insert_with(|| Partition {
+            batches: Vec::new(),
+            min_time: lo,
+            max_time: hi,
+            bytes: 0,
+            rows: 0,
+            last_insert: now,
+        });
+        p.batches.push(batch);
+        p.min_time = p.min_time.min(lo);
+        p.max_time = p.max_time.max(hi);
+        p.bytes += bytes;
+        p.rows += rows;
+        p.last_insert = p.last_insert.max(now);
+        Ok(())
+    }
+
+    /// Drops partitions whose newest row and last insert are both older than
+    /// the retention; `now` is wall-clock nanoseconds.
+    pub fn expire(&self, now: i64) -> Vec<(&'static str, Expired)> {
+        let horizon = now.saturating_sub(self.options.retention.as_nanos() as i64);
+        let mut all = Vec::with_capacity(self.tables.len());
+        for table in &self.tables {
+            let mut expired = Expired::default();
+            let mut partitions = table.partitions.write();
+            partitions.retain(|_, p| {
+                let keep = p.max_time >= horizon || p.last_insert >= horizon;
+                if !keep {
+                    expired.partitions += 1;
+                    expired.rows += p.rows;
+                    expired.bytes += p.bytes;
+                }
+                keep
+            });
+            drop(partitions);
+            self.used.fetch_sub(expired.bytes, Ordering::AcqRel);
+            all.push((table.name(), expired));
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests;

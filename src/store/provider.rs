@@ -1,0 +1,221 @@
+//! The store's tables as DataFusion `TableProvider`s.
+//!
+//! Comparisons of the table's time column with constants (`start_time >=
+//! now() - INTERVAL '5 minutes'`, `BETWEEN`, `AND` of those) are taken as
+//! inexact filters: they select the partitions to scan, and DataFusion still
+//! applies them row by row.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::{Table, TimeRange};
+
+/// A store table seen by DataFusion, optionally restricted to a time range
+/// (the rule engine restricts tables to a rule's window this way).
+#[derive(Debug, Clone)]
+pub struct StoreTable {
+    table: Arc<Table>,
+    range: TimeRange,
+}
+
+impl StoreTable {
+    pub fn new(table: Arc<Table>) -> Self {
+        Self {
+            table,
+            range: TimeRange::ALL,
+        }
+    }
+
+    /// The range of partitions a scan with these filters must read.
+    pub fn scan_range(&self, filters: &[Expr]) -> TimeRange {
+        let column = self.table.time_column();
+        filters
+            .iter()
+            .filter_map(|f| time_range(f, column))
+            .fold(self.range, TimeRange::intersect)
+    }
+}
+
+#[async_trait]
+impl TableProvider for StoreTable {
+    fn schema(&self) -> SchemaRef {
+        self.table.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        let column = self.table.time_column();
+        Ok(filters
+            .iter()
+            .map(|f| match time_range(f, column) {
+                Some(_) => TableProviderFilterPushDown::Inexact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = self.table.batches(self.scan_range(filters));
+        // Spread batches round-robin over the session's target partitions so
+        // that a scan uses every core the session allows.
+        let n = state
+            .config()
+            .target_partitions()
+            .max(1)
+            .min(batches.len().max(1));
+        let mut partitions = vec![Vec::new(); n];
+        for (i, batch) in batches.into_iter().enumerate() {
+            partitions[i % n].push(batch);
+        }
+        let exec =
+            MemorySourceConfig::try_new_exec(&partitions, self.schema(), projection.cloned())?;
+        Ok(exec)
+    }
+}
+
+/// The time range a filter restricts `column` to, if it is one we understand.
+fn time_range(expr: &Expr, column: &str) -> Option<TimeRange> {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+            Operator::And => {
+                let l = time_range(left, column);
+                let r = time_range(right, column);
+                match (l, r) {
+                    (Some(l), Some(r)) => Some(l.intersect(r)),
+                    (l, r) => l.or(r),
+                }
+            }
+            _ => {
+                if let (true, Some(v)) = (is_column(left, column), timestamp_nanos(right)) {
+                    compare(*op, v)
+                } else if let (Some(v), true) = (timestamp_nanos(left), is_column(right, column)) {
+                    compare(op.swap()?, v)
+                } else {
+                    None
+                }
+            }
+        },
+        Expr::Between(b) if !b.negated && is_column(&b.expr, column) => {
+            let low = timestamp_nanos(&b.low)?;
+            let high = timestamp_nanos(&b.high)?;
+            Some(TimeRange {
+                start: Some(low),
+                end: high.checked_add(1),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `column <op> v` as a range.
+fn compare(op: Operator, v: i64) -> Option<TimeRange> {
+    let (start, end) = match op {
+        Operator::Gt => (v.checked_add(1), None),
+        Operator::GtEq => (Some(v), None),
+        Operator::Lt => (None, Some(v)),
+        Operator::LtEq => (None, v.checked_add(1)),
+        Operator::Eq => (Some(v), v.checked_add(1)),
+        _ => return None,
+    };
+    Some(TimeRange { start, end })
+}
+
+/// Whether `expr` is the time column, possibly cast to another timestamp type
+/// (a cast between time zones or units keeps the order of instants).
+fn is_column(expr: &Expr, column: &str) -> bool {
+    match expr {
+        Expr::Column(c) => c.name == column,
+        Expr::Cast(c) if c.field.data_type().is_temporal() => is_column(&c.expr, column),
+        Expr::TryCast(c) if c.field.data_type().is_temporal() => is_column(&c.expr, column),
+        _ => false,
+    }
+}
+
+/// A timestamp literal in nanoseconds, whatever its unit.
+fn timestamp_nanos(expr: &Expr) -> Option<i64> {
+    let Expr::Literal(value, _) = expr else {
+        return None;
+    };
+    match value {
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    fn ts(v: i64) -> Expr {
+        lit(ScalarValue::TimestampNanosecond(
+            Some(v),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn comparisons_and_conjunctions_become_ranges() {
+        let t = "start_time";
+        assert_eq!(
+            time_range(&col(t).gt_eq(ts(10)).and(col(t).lt(ts(20))), t),
+            Some(TimeRange {
+                start: Some(10),
+                end: Some(20)
+            })
+        );
+        assert_eq!(
+            time_range(&ts(10).lt(col(t)), t),
+            Some(TimeRange {
+                start: Some(11),
+                end: None
+            })
+        );
+        assert_eq!(
+            time_range(&col(t).between(ts(5), ts(7)), t),
+            Some(TimeRange {
+                start: Some(5),
+                end: Some(8)
+            })
+        );
+        let ms = lit(ScalarValue::TimestampMillisecond(Some(3), None));
+        assert_eq!(
+            time_range(&col(t).lt_eq(ms), t),
+            Some(TimeRange {
+                start: None,
+                end: Some(3_000_001)
+            })
+        );
+    }
+
+    #[test]
+    fn other_columns_and_operators_are_not_pushed() {
+        let t = "start_time";
+        assert_eq!(time_range(&col("end_time").gt(ts(1)), t), None);
+        assert_eq!(time_range(&col(t).not_eq(ts(1)), t), None);
+        assert_eq!(time_range(&col(t).gt(ts(1)).or(col(t).lt(ts(0))), t), None);
+    }
+}

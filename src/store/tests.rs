@@ -1,0 +1,129 @@
+use arrow::array::RecordBatch;
+
+use super::*;
+
+const MINUTE: i64 = 60_000_000_000;
+
+fn store(budget: u64) -> Store {
+    Store::new(StoreOptions {
+        memory_budget: budget,
+        retention: Duration::from_secs(600),
+        partition: Duration::from_secs(60),
+    })
+}
+
+/// Real converter output: spans starting at `times`.
+fn spans_at(times: &[i64]) -> RecordBatch {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let spans = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Span {
+            trace_id: vec![1; 16],
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            name: "s".into(),
+            start_time_unix_nano: *t as u64,
+            end_time_unix_nano: *t as u64,
+            ..Default::default()
+        })
+        .collect();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    crate::ingest::convert::spans::convert(&request)
+        .unwrap()
+        .batch
+}
+
+#[test]
+fn batches_are_pruned_by_partition_time_range() {
+    let s = store(u64::MAX);
+    s.insert(Signal::Traces, spans_at(&[10 * MINUTE + 5]), 0)
+        .unwrap();
+    s.insert(Signal::Traces, spans_at(&[20 * MINUTE, 21 * MINUTE + 1]), 0)
+        .unwrap();
+    let t = s.table(Signal::Traces);
+    let rows = |r: TimeRange| {
+        t.batches(r)
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum::<usize>()
+    };
+    assert_eq!(rows(TimeRange::ALL), 3);
+    assert_eq!(
+        rows(TimeRange {
+            start: Some(11 * MINUTE),
+            end: None
+        }),
+        2
+    );
+    // The second batch widened its partition to 21 min: still found.
+    assert_eq!(
+        rows(TimeRange {
+            start: Some(21 * MINUTE),
+            end: None
+        }),
+        2
+    );
+    assert_eq!(
+        rows(TimeRange {
+            start: None,
+            end: Some(10 * MINUTE + 5)
+        }),
+        0
+    );
+    assert_eq!(
+        rows(TimeRange {
+            start: None,
+            end: Some(10 * MINUTE + 6)
+        }),
+        1
+    );
+}
+
+#[test]
+fn the_budget_refuses_what_does_not_fit_and_keeps_what_was_accepted() {
+    let one = spans_at(&[MINUTE]).get_array_memory_size() as u64;
+    let s = store(one * 2 + one / 2);
+    s.insert(Signal::Traces, spans_at(&[MINUTE]), 0).unwrap();
+    s.insert(Signal::Traces, spans_at(&[MINUTE]), 0).unwrap();
+    let err = s
+        .insert(Signal::Traces, spans_at(&[MINUTE]), 0)
+        .unwrap_err();
+    assert!(err.to_string().contains("memory budget full"), "{err}");
+    assert_eq!(s.table(Signal::Traces).usage().1, 2);
+    assert!(s.used_bytes() <= one * 2 + one / 2);
+}
+
+#[test]
+fn retention_counts_from_event_time_and_arrival() {
+    let s = store(u64::MAX);
+    let now = 100 * MINUTE;
+    // Old event time, arrived long ago: expires.
+    s.insert(Signal::Traces, spans_at(&[MINUTE]), MINUTE)
+        .unwrap();
+    // Old event time, arrived just now: kept for the whole retention.
+    s.insert(Signal::Traces, spans_at(&[2 * MINUTE]), now)
+        .unwrap();
+    // Recent event time: kept.
+    s.insert(Signal::Traces, spans_at(&[now - MINUTE]), MINUTE)
+        .unwrap();
+    let before = s.used_bytes();
+    let expired: Vec<_> = s
+        .expire(now)
+        .into_iter()
+        .filter(|(_, e)| e.rows > 0)
+        .collect();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].0, "spans");
+    assert_eq!(expired[0].1.rows, 1);
+    assert_eq!(s.used_bytes(), before - expired[0].1.bytes);
+    assert_eq!(s.table(Signal::Traces).usage().1, 2);
+}

@@ -1,0 +1,172 @@
+//! Starting an instance on free ports, and talking to it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use homeostat::config::Config;
+use homeostat::server::{self, Running};
+use serde_json::Value;
+
+/// A running instance; stopped when dropped.
+pub struct Instance {
+    pub running: Running,
+    pub client: reqwest::Client,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.running.shutdown();
+    }
+}
+
+/// The answer to a query: column names and rows of JSON values.
+#[derive(Debug)]
+pub struct Answer {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+impl Answer {
+    /// The value of `column` in `row`.
+    pub fn get(&self, row: usize, column: &str) -> &Value {
+        let i = self
+            .columns
+            .iter()
+            .position(|c| c == column)
+            .unwrap_or_else(|| panic!("no column {column} in {:?}", self.columns));
+        &self.rows[row][i]
+    }
+}
+
+pub fn local_config() -> Config {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    Config {
+        otlp_grpc: any,
+        otlp_http: any,
+        api: any,
+        ..Config::default()
+    }
+}
+
+pub async fn start() -> Instance {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Instance {
+    let mut config = local_config();
+    adjust(&mut config);
+    let running = server::start(config).await.expect("instance starts");
+    Instance {
+        running,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Instance {
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.api)
+    }
+
+    pub fn otlp_http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.otlp_http)
+    }
+
+    pub fn otlp_grpc_url(&self) -> String {
+        format!("http://{}", self.running.otlp_grpc)
+    }
+
+    /// Runs SQL through the HTTP API; panics on anything but 200.
+    pub async fn query(&self, sql: &str) -> Answer {
+        let response = self
+            .client
+            .post(self.api_url("/api/v1/query"))
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .expect("API reachable");
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON answer");
+        assert_eq!(status, 200, "query {sql:?} failed: {body}");
+        let columns = body["columns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| c.as_str().expect("column name").to_owned())
+            .collect();
+        let rows = body["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r.as_array().expect("row").clone())
+            .collect();
+        Answer { columns, rows }
+    }
+
+    /// The single number a `SELECT count(*) ...` returns.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let answer = self.query(sql).await;
+        answer.rows[0][0].as_i64().expect("a count")
+    }
+
+    /// POSTs an OTLP/HTTP body.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        gzip: bool,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.otlp_http_url(path))
+            .header("content-type", content_type)
+            .body(body);
+        if gzip {
+            request = request.header("content-encoding", "gzip");
+        }
+        request.send().await.expect("OTLP/HTTP reachable")
+    }
+
+    /// The value of one sample of the Prometheus exposition at /metrics.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(self.api_url("/metrics"))
+            .send()
+            .await
+            .expect("API reachable")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines().find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).expect("in-memory gzip");
+    e.finish().expect("in-memory gzip")
+}
+
+/// The Python interpreter of the test environment that `tests/setup.sh`
+/// builds (with the OpenTelemetry SDK installed).
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("HOMEOSTAT_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-env/venv/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run tests/setup.sh (or tests/run.sh) to install the OpenTelemetry SDK",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,10 @@
+//! Integration tests: each starts Homeostat in-process on 127.0.0.1:0 ports
+//! and talks to it over the network, as a user's SDK or Collector would.
+//! One test binary (not one per file) keeps linking time down.
+
+mod backpressure;
+mod bad_input;
+mod common;
+mod config_files;
+mod json;
+mod sdk;

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (tests/setup.sh), then
+# runs every test, including the benches once each in test mode.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+tests/setup.sh
+export HOMEOSTAT_TEST_PYTHON="$root/target/test-env/venv/bin/python"
+cargo test --all-targets "$@"
