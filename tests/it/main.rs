@@ -6,5 +6,6 @@ mod backpressure;
 mod bad_input;
 mod common;
 mod config_files;
+mod docs;
 mod json;
 mod sdk;

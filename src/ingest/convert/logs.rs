@@ -35,6 +35,65 @@ pub const SCOPE_NAME: &str = "scope_name";
 pub const SCOPE_VERSION: &str = "scope_version";
 pub const DROPPED_ATTRIBUTES_COUNT: &str = "dropped_attributes_count";
 
+/// What each column holds: the source of docs/tables.md, kept in step with
+/// the schema by a test.
+pub const COLUMN_DOCS: &[(&str, &str)] = &[
+    (
+        TIME,
+        "When the event happened, or when it was observed if the source did not say (UTC, nanoseconds). The table's time column.",
+    ),
+    (
+        OBSERVED_TIME,
+        "When the collection system first saw the record; null when not set.",
+    ),
+    (
+        SEVERITY_NUMBER,
+        "OTLP severity number: 1-4 TRACE, 5-8 DEBUG, 9-12 INFO, 13-16 WARN, 17-20 ERROR, 21-24 FATAL; 0 unspecified.",
+    ),
+    (
+        SEVERITY_TEXT,
+        "Severity as the source spelled it; null when empty.",
+    ),
+    (
+        BODY,
+        "The body: a string as is, other values as text (maps and arrays as JSON).",
+    ),
+    (
+        TRACE_ID,
+        "Trace id of the active span, 32 lowercase hex digits; null outside a trace.",
+    ),
+    (
+        SPAN_ID,
+        "Span id of the active span, 16 lowercase hex digits; null outside a trace.",
+    ),
+    (FLAGS, "W3C trace flags."),
+    (
+        EVENT_NAME,
+        "The event name of an event record; null for ordinary logs.",
+    ),
+    (
+        SERVICE_NAME,
+        "The `service.name` resource attribute; null when the resource has none.",
+    ),
+    (ATTRIBUTES, "The record's attributes."),
+    (
+        RESOURCE_ATTRIBUTES,
+        "Attributes of the resource that produced the record.",
+    ),
+    (
+        SCOPE_NAME,
+        "Instrumentation scope (logger) name; null when empty.",
+    ),
+    (
+        SCOPE_VERSION,
+        "Instrumentation scope version; null when empty.",
+    ),
+    (
+        DROPPED_ATTRIBUTES_COUNT,
+        "Attributes the SDK dropped from the record.",
+    ),
+];
+
 /// The column the store partitions and prunes by.
 pub const TIME_COLUMN: &str = TIME;
 

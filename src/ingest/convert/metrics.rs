@@ -75,6 +75,101 @@ pub const HISTOGRAM: &str = "histogram";
 pub const EXPONENTIAL_HISTOGRAM: &str = "exponential_histogram";
 pub const SUMMARY: &str = "summary";
 
+/// What each column holds: the source of docs/tables.md, kept in step with
+/// the schema by a test.
+pub const COLUMN_DOCS: &[(&str, &str)] = &[
+    (
+        TIME,
+        "When the data point was recorded (UTC, nanoseconds). The table's time column.",
+    ),
+    (
+        START_TIME,
+        "Start of the point's aggregation interval (cumulative and delta points); null when not set.",
+    ),
+    (
+        SERVICE_NAME,
+        "The `service.name` resource attribute; null when the resource has none.",
+    ),
+    (METRIC_NAME, "The metric's name."),
+    (
+        METRIC_DESCRIPTION,
+        "The metric's description; null when empty.",
+    ),
+    (UNIT, "The metric's unit (UCUM); null when empty."),
+    (
+        METRIC_TYPE,
+        "`gauge`, `sum`, `histogram`, `exponential_histogram` or `summary`.",
+    ),
+    (
+        IS_MONOTONIC,
+        "For sums: whether the sum only goes up (a counter); null otherwise.",
+    ),
+    (
+        TEMPORALITY,
+        "`delta` or `cumulative` for sums and histograms; null otherwise.",
+    ),
+    (
+        VALUE,
+        "The value of a gauge or sum point (integers widened to double); null for other types.",
+    ),
+    (
+        COUNT,
+        "Number of observations of a histogram, exponential histogram or summary point.",
+    ),
+    (SUM, "Sum of the observations (histograms and summaries)."),
+    (MIN, "Smallest observation, when the SDK reports it."),
+    (MAX, "Largest observation, when the SDK reports it."),
+    (
+        BUCKET_COUNTS,
+        "Histogram bucket counts, one more than `explicit_bounds`.",
+    ),
+    (EXPLICIT_BOUNDS, "Histogram bucket upper bounds."),
+    (SCALE, "Exponential histogram scale."),
+    (
+        ZERO_COUNT,
+        "Exponential histogram count of values in the zero bucket.",
+    ),
+    (ZERO_THRESHOLD, "Exponential histogram zero-bucket width."),
+    (
+        POSITIVE_OFFSET,
+        "Exponential histogram index of the first positive bucket.",
+    ),
+    (
+        POSITIVE_BUCKET_COUNTS,
+        "Exponential histogram positive bucket counts.",
+    ),
+    (
+        NEGATIVE_OFFSET,
+        "Exponential histogram index of the first negative bucket.",
+    ),
+    (
+        NEGATIVE_BUCKET_COUNTS,
+        "Exponential histogram negative bucket counts.",
+    ),
+    (
+        QUANTILES,
+        "Summary quantiles: a list of `{quantile, value}`.",
+    ),
+    (
+        EXEMPLARS,
+        "Exemplars: a list of `{time, value, trace_id, span_id, filtered_attributes}`.",
+    ),
+    (FLAGS, "OTLP data point flags (1 = no recorded value)."),
+    (
+        ATTRIBUTES,
+        "The data point's attributes (its series labels).",
+    ),
+    (
+        RESOURCE_ATTRIBUTES,
+        "Attributes of the resource that produced the point.",
+    ),
+    (SCOPE_NAME, "Instrumentation scope name; null when empty."),
+    (
+        SCOPE_VERSION,
+        "Instrumentation scope version; null when empty.",
+    ),
+];
+
 /// The column the store partitions and prunes by.
 pub const TIME_COLUMN: &str = TIME;
 

@@ -44,6 +44,60 @@ pub const EVENT_NAME: &str = "name";
 /// Fields of each element of `links` (besides trace_id, span_id, trace_state, attributes).
 pub const LINK_FLAGS: &str = "flags";
 
+/// What each column holds: the source of docs/tables.md, kept in step with
+/// the schema by a test.
+pub const COLUMN_DOCS: &[(&str, &str)] = &[
+    (
+        START_TIME,
+        "When the span started (UTC, nanoseconds). The table's time column: partitions are pruned by it.",
+    ),
+    (END_TIME, "When the span ended."),
+    (DURATION_NS, "`end_time - start_time` in nanoseconds."),
+    (TRACE_ID, "Trace id, 32 lowercase hex digits."),
+    (SPAN_ID, "Span id, 16 lowercase hex digits."),
+    (
+        PARENT_SPAN_ID,
+        "Parent span id, 16 lowercase hex digits; null for a root span.",
+    ),
+    (TRACE_STATE, "W3C trace state; null when empty."),
+    (FLAGS, "W3C trace flags and OTLP span flags."),
+    (
+        SERVICE_NAME,
+        "The `service.name` resource attribute; null when the resource has none.",
+    ),
+    (SPAN_NAME, "The span's name."),
+    (
+        SPAN_KIND,
+        "`UNSPECIFIED`, `INTERNAL`, `SERVER`, `CLIENT`, `PRODUCER` or `CONSUMER`.",
+    ),
+    (STATUS_CODE, "`UNSET`, `OK` or `ERROR`."),
+    (STATUS_MESSAGE, "The status description; null when empty."),
+    (
+        ATTRIBUTES,
+        "Span attributes: `attributes['http.route']`. Non-string values as text (see the README).",
+    ),
+    (
+        RESOURCE_ATTRIBUTES,
+        "Attributes of the resource that produced the span.",
+    ),
+    (SCOPE_NAME, "Instrumentation scope name; null when empty."),
+    (
+        SCOPE_VERSION,
+        "Instrumentation scope version; null when empty.",
+    ),
+    (EVENTS, "Span events: a list of `{time, name, attributes}`."),
+    (
+        LINKS,
+        "Span links: a list of `{trace_id, span_id, trace_state, flags, attributes}`.",
+    ),
+    (
+        DROPPED_ATTRIBUTES_COUNT,
+        "Attributes the SDK dropped from the span.",
+    ),
+    (DROPPED_EVENTS_COUNT, "Events the SDK dropped."),
+    (DROPPED_LINKS_COUNT, "Links the SDK dropped."),
+];
+
 /// The column the store partitions and prunes by.
 pub const TIME_COLUMN: &str = START_TIME;
 
