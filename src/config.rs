@@ -65,7 +65,7 @@ pub struct IngestConfig {
     pub max_request_size: ByteSize,
     /// The delay suggested to senders (HTTP `Retry-After`) when the memory
     /// budget is full.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::serde_duration")]
     pub retry_after: Duration,
 }
 
@@ -78,10 +78,10 @@ pub struct StoreConfig {
     pub memory_budget: ByteSize,
     /// How long data stays in memory, counted from both its event time and
     /// its arrival.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::serde_duration")]
     pub retention: Duration,
     /// Width of the event-time partitions that queries prune by.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::serde_duration")]
     pub partition: Duration,
 }
 
@@ -94,7 +94,7 @@ pub struct QueryConfig {
     /// Rows returned at most; longer results are cut and flagged `truncated`.
     pub max_rows: usize,
     /// Time a query may run before it is cancelled.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::serde_duration")]
     pub timeout: Duration,
 }
 
@@ -224,23 +224,6 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
         .map_or(before.len(), |i| before.len() - i - 1)
         + 1;
     (line, column)
-}
-
-/// Durations in humantime notation ("90s", "1h 30m").
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| D::Error::custom(format!("invalid duration {text:?}: {e}")))
-    }
-
-    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*value).to_string())
-    }
 }
 
 #[cfg(test)]

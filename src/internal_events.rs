@@ -11,6 +11,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::ingest::Signal;
@@ -67,6 +68,11 @@ pub struct Metrics {
     store_rows: Family<TableLabels, Gauge>,
     store_budget: Gauge,
     queries: Family<OutcomeLabels, Counter>,
+    rule_evaluations: Family<OutcomeLabels, Counter>,
+    rule_evaluation_seconds: Histogram,
+    rule_transitions: Counter,
+    rule_reloads: Family<OutcomeLabels, Counter>,
+    rules_loaded: Gauge,
 }
 
 impl Default for Metrics {
@@ -87,6 +93,11 @@ impl Metrics {
             store_rows: Family::default(),
             store_budget: Gauge::default(),
             queries: Family::default(),
+            rule_evaluations: Family::default(),
+            rule_evaluation_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            rule_transitions: Counter::default(),
+            rule_reloads: Family::default(),
+            rules_loaded: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -121,6 +132,31 @@ impl Metrics {
             m.store_budget.clone(),
         );
         registry.register("queries", "SQL queries, by outcome", m.queries.clone());
+        registry.register(
+            "rule_evaluations",
+            "Rule evaluations, by outcome",
+            m.rule_evaluations.clone(),
+        );
+        registry.register(
+            "rule_evaluation_seconds",
+            "Time one rule evaluation took",
+            m.rule_evaluation_seconds.clone(),
+        );
+        registry.register(
+            "rule_transitions",
+            "Alert instance state changes",
+            m.rule_transitions.clone(),
+        );
+        registry.register(
+            "rule_reloads",
+            "Reloads of the rules folder, by outcome",
+            m.rule_reloads.clone(),
+        );
+        registry.register(
+            "rules_loaded",
+            "Rules loaded and running",
+            m.rules_loaded.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -244,5 +280,58 @@ impl QueryExecuted<'_> {
             .queries
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+}
+
+/// A rule was evaluated.
+pub struct RuleEvaluated<'a> {
+    pub rule: &'a str,
+    pub evaluation: &'a crate::rules::Evaluation,
+    pub transitions: usize,
+}
+
+impl RuleEvaluated<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        let outcome = match &self.evaluation.error {
+            None => "ok",
+            Some(error) => {
+                tracing::warn!(rule = self.rule, %error, "rule evaluation failed; retried at the next tick");
+                "error"
+            }
+        };
+        metrics
+            .rule_evaluations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        metrics
+            .rule_evaluation_seconds
+            .observe(self.evaluation.duration_seconds);
+        metrics.rule_transitions.inc_by(self.transitions as u64);
+    }
+}
+
+/// The rules folder was loaded again.
+pub struct RulesReloaded<'a> {
+    pub report: &'a crate::rules::ReloadReport,
+    pub elapsed: std::time::Duration,
+}
+
+impl RulesReloaded<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        let r = self.report;
+        tracing::info!(
+            loaded = r.loaded.len(),
+            changed = r.changed.len(),
+            removed = r.removed.len(),
+            errors = r.errors.len(),
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "rules loaded"
+        );
+        let outcome = if r.errors.is_empty() { "ok" } else { "error" };
+        metrics
+            .rule_reloads
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        metrics.rules_loaded.set(r.loaded.len() as i64);
     }
 }

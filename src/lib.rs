@@ -20,5 +20,7 @@ pub mod config;
 pub mod ingest;
 pub mod internal_events;
 pub mod query;
+pub mod rules;
+pub mod serde_duration;
 pub mod server;
 pub mod store;

@@ -26,6 +26,18 @@ enum Command {
     Run(RunArgs),
     /// Run a SQL query against a running instance and print the result.
     Query(QueryArgs),
+    /// Validate rule files: parse, plan the SQL, compile the scripts.
+    /// Prints `file:line: message` per problem; exits 1 if there is any.
+    Check(DirArgs),
+    /// Run rule unit tests (`*.test.toml`) on virtual time.
+    Test(DirArgs),
+}
+
+#[derive(Debug, Args)]
+struct DirArgs {
+    /// The rules folder.
+    #[arg(default_value = "rules")]
+    dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -70,9 +82,15 @@ struct QueryArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A server logs what it does; a command only its warnings.
+    let default_level = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("HOMEOSTAT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("HOMEOSTAT_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -86,12 +104,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run(args).await,
-            Command::Query(args) => query(args).await,
+            Command::Run(args) => run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Query(args) => query(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Check(args) => Ok(check(args).await),
+            Command::Test(args) => Ok(test(args).await),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -126,6 +146,18 @@ fn resolve_config(args: RunArgs) -> Result<Config> {
 async fn run(args: RunArgs) -> Result<()> {
     let config = resolve_config(args)?;
     let running = server::start(config).await?;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        let rules = running.rules.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading rules");
+                rules.request_reload();
+            }
+        });
+    }
     let token = running.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -157,6 +189,55 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+async fn check(args: DirArgs) -> ExitCode {
+    let (ok, errors) = homeostat::rules::check(&args.dir).await;
+    for e in &errors {
+        println!("{e}");
+    }
+    if errors.is_empty() {
+        println!("{ok} rule{} OK", if ok == 1 { "" } else { "s" });
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "{} problem{} found",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        );
+        ExitCode::FAILURE
+    }
+}
+
+async fn test(args: DirArgs) -> ExitCode {
+    let outcomes = match homeostat::rules::testing::run_dir(&args.dir).await {
+        Ok(o) => o,
+        Err(errors) => {
+            for e in &errors {
+                println!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for o in &outcomes {
+        let ms = o.elapsed.as_secs_f64() * 1000.0;
+        if o.failures.is_empty() {
+            println!("ok    {}: {} ({ms:.0} ms)", o.file.display(), o.name);
+        } else {
+            failed += 1;
+            println!("FAIL  {}: {} ({ms:.0} ms)", o.file.display(), o.name);
+            for f in &o.failures {
+                println!("  {f}");
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", outcomes.len() - failed);
+    if failed == 0 && !outcomes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigError};
 use crate::ingest::{self, Ingester, now_nanos};
 use crate::internal_events::{Metrics, PartitionsExpired};
 use crate::query::QueryEngine;
+use crate::rules::RuleEngine;
 use crate::store::Store;
 
 /// Why an instance could not start or stopped with an error.
@@ -31,6 +32,11 @@ pub enum ServerError {
     },
     #[error("cannot set up the query engine: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
+    #[error("cannot watch the rules folder {dir}: {source}")]
+    Watch {
+        dir: std::path::PathBuf,
+        source: notify::Error,
+    },
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -43,6 +49,9 @@ pub struct Running {
     pub store: Arc<Store>,
     pub engine: QueryEngine,
     pub metrics: Arc<Metrics>,
+    pub rules: Arc<RuleEngine>,
+    /// Watches the rules folder while the instance runs.
+    _watcher: Option<notify::RecommendedWatcher>,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), ServerError>>,
 }
@@ -79,6 +88,24 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let ingester = Ingester::new(store.clone(), metrics.clone(), config.ingest.retry_after);
     let max_request =
         usize::try_from(config.ingest.max_request_size.as_u64()).unwrap_or(usize::MAX);
+    let rules = Arc::new(RuleEngine::new(
+        config.rules.clone(),
+        &store,
+        metrics.clone(),
+    )?);
+    let report = rules.reload().await;
+    for e in &report.errors {
+        tracing::warn!(error = %e, "rule not loaded");
+    }
+    let watcher = if config.rules.is_dir() {
+        Some(rules.watch().map_err(|source| ServerError::Watch {
+            dir: config.rules.clone(),
+            source,
+        })?)
+    } else {
+        tracing::warn!(dir = %config.rules.display(), "no rules folder: no rules run until it exists and /-/reload is called");
+        None
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -100,6 +127,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         engine: engine.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
+        rules: rules.clone(),
         ready: ready.clone(),
     });
     tasks.spawn(serve_http(
@@ -113,6 +141,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         metrics.clone(),
         shutdown.clone(),
     ));
+    let (scheduler, token) = (rules.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        scheduler.run(token).await;
+        Ok(())
+    });
+    let (reloader, token) = (rules.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        reloader.reload_loop(token).await;
+        Ok(())
+    });
 
     // Every listener is bound and served: connections are accepted from here on.
     ready.store(true, Ordering::Release);
@@ -124,6 +162,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         store,
         engine,
         metrics,
+        rules,
+        _watcher: watcher,
         shutdown,
         tasks,
     })

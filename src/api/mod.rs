@@ -1,5 +1,7 @@
-//! The HTTP API: SQL queries, health and readiness, and the engine's own
-//! metrics in Prometheus format.
+//! The HTTP API: SQL queries, rules, health and readiness, and the
+//! engine's own metrics in Prometheus format.
+
+mod rules;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +15,7 @@ use serde::Deserialize;
 
 use crate::internal_events::{Metrics, QueryExecuted};
 use crate::query::{QueryEngine, QueryError};
+use crate::rules::RuleEngine;
 use crate::store::Store;
 
 /// What the API handlers share.
@@ -21,6 +24,7 @@ pub struct ApiState {
     pub engine: QueryEngine,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
+    pub rules: Arc<RuleEngine>,
     /// Set once every receiver listens.
     pub ready: Arc<AtomicBool>,
 }
@@ -28,6 +32,8 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/query", post(query))
+        .route("/api/v1/rules", get(rules::list))
+        .route("/-/reload", post(rules::reload))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -109,6 +109,11 @@ impl Table {
         self.signal.table()
     }
 
+    /// The index of the column partitions are pruned by.
+    pub fn time_column_index(&self) -> usize {
+        self.time_column
+    }
+
     /// The name of the column partitions are pruned by.
     pub fn time_column(&self) -> &str {
         self.schema.field(self.time_column).name()

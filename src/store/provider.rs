@@ -14,9 +14,15 @@ use datafusion::common::{Result, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{
+    BinaryExpr as PhysicalBinaryExpr, Column as PhysicalColumn, Literal,
+};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExecBuilder;
 
 use super::{Table, TimeRange};
+use crate::ingest::convert::common::TIME_ZONE;
 
 /// A store table seen by DataFusion, optionally restricted to a time range
 /// (the rule engine restricts tables to a rule's window this way).
@@ -32,6 +38,16 @@ impl StoreTable {
             table,
             range: TimeRange::ALL,
         }
+    }
+
+    /// The same table showing only rows whose time falls in `range`.
+    pub fn restricted(table: Arc<Table>, range: TimeRange) -> Self {
+        Self { table, range }
+    }
+
+    /// The table behind this provider.
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
     }
 
     /// The range of partitions a scan with these filters must read.
@@ -75,26 +91,94 @@ impl TableProvider for StoreTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batches = self.table.batches(self.scan_range(filters));
-        // Spread batches round-robin over the session's target partitions so
-        // that a scan uses every core the session allows.
-        let n = state
-            .config()
-            .target_partitions()
-            .max(1)
-            .min(batches.len().max(1));
-        let mut partitions = vec![Vec::new(); n];
-        for (i, batch) in batches.into_iter().enumerate() {
-            partitions[i % n].push(batch);
+        let range = self.scan_range(filters);
+        if self.range == TimeRange::ALL {
+            return memory_exec(&self.table, range, state, projection.cloned());
         }
-        let exec =
-            MemorySourceConfig::try_new_exec(&partitions, self.schema(), projection.cloned())?;
-        Ok(exec)
+        // A restricted table (a rule's window) must not show the rows of the
+        // partitions it reads that fall outside its range.
+        let time = self.table.time_column_index();
+        let mut columns: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.table.schema().fields().len()).collect(),
+        };
+        let keep: Vec<usize> = (0..columns.len()).collect();
+        let time_at = match columns.iter().position(|c| *c == time) {
+            Some(i) => i,
+            None => {
+                columns.push(time);
+                columns.len() - 1
+            }
+        };
+        let input = memory_exec(&self.table, range, state, Some(columns))?;
+        let predicate = window_predicate(self.table.time_column(), time_at, self.range);
+        let filter = FilterExecBuilder::new(predicate, input)
+            .apply_projection(Some(keep))?
+            .build()?;
+        Ok(Arc::new(filter))
     }
 }
 
+/// A scan of the partitions overlapping `range`, spread round-robin over the
+/// session's target partitions so that a scan uses every core it may.
+fn memory_exec(
+    table: &Table,
+    range: TimeRange,
+    state: &dyn Session,
+    projection: Option<Vec<usize>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let batches = table.batches(range);
+    let n = state
+        .config()
+        .target_partitions()
+        .max(1)
+        .min(batches.len().max(1));
+    let mut partitions = vec![Vec::new(); n];
+    for (i, batch) in batches.into_iter().enumerate() {
+        partitions[i % n].push(batch);
+    }
+    Ok(MemorySourceConfig::try_new_exec(
+        &partitions,
+        table.schema(),
+        projection,
+    )?)
+}
+
+/// `start <= time AND time < end` over the column at `index`.
+fn window_predicate(name: &str, index: usize, range: TimeRange) -> Arc<dyn PhysicalExpr> {
+    let time: Arc<dyn PhysicalExpr> = Arc::new(PhysicalColumn::new(name, index));
+    let bound = |v: i64| -> Arc<dyn PhysicalExpr> {
+        Arc::new(Literal::new(ScalarValue::TimestampNanosecond(
+            Some(v),
+            Some(TIME_ZONE.into()),
+        )))
+    };
+    let mut predicate: Option<Arc<dyn PhysicalExpr>> = None;
+    let mut and = |e: Arc<dyn PhysicalExpr>| {
+        predicate = Some(match predicate.take() {
+            Some(p) => Arc::new(PhysicalBinaryExpr::new(p, Operator::And, e)),
+            None => e,
+        });
+    };
+    if let Some(start) = range.start {
+        and(Arc::new(PhysicalBinaryExpr::new(
+            time.clone(),
+            Operator::GtEq,
+            bound(start),
+        )));
+    }
+    if let Some(end) = range.end {
+        and(Arc::new(PhysicalBinaryExpr::new(
+            time.clone(),
+            Operator::Lt,
+            bound(end),
+        )));
+    }
+    predicate.unwrap_or_else(|| Arc::new(Literal::new(ScalarValue::Boolean(Some(true)))))
+}
+
 /// The time range a filter restricts `column` to, if it is one we understand.
-fn time_range(expr: &Expr, column: &str) -> Option<TimeRange> {
+pub(crate) fn time_range(expr: &Expr, column: &str) -> Option<TimeRange> {
     match expr {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
             Operator::And => {

@@ -170,3 +170,28 @@ pub fn python() -> PathBuf {
     );
     path
 }
+
+/// An OTLP/JSON trace request with three spans of `service` starting now.
+pub fn spans_now_json(service: &str) -> Vec<u8> {
+    let now = homeostat::ingest::now_nanos();
+    let spans: Vec<Value> = (0..3)
+        .map(|i| {
+            serde_json::json!({
+                "traceId": format!("{:032x}", now as u128 + i),
+                "spanId": format!("{:016x}", i + 1),
+                "name": "GET /",
+                "kind": 2,
+                "startTimeUnixNano": (now - 1_000_000 * (i as i64 + 1)).to_string(),
+                "endTimeUnixNano": now.to_string()
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "resourceSpans": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+            "scopeSpans": [{"spans": spans}]
+        }]
+    })
+    .to_string()
+    .into_bytes()
+}

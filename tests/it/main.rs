@@ -8,4 +8,5 @@ mod common;
 mod config_files;
 mod docs;
 mod json;
+mod rules;
 mod sdk;

@@ -1,0 +1,200 @@
+//! One evaluation of a rule at a time `now`: its cached plan bound to the
+//! window `[now - lateness - window, now - lateness)`, executed, and its rows
+//! turned into alert instances.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch};
+use arrow::compute::concat_batches;
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::collect;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::compile::{CompiledRule, WINDOW_END, WINDOW_START, WindowBound};
+use super::state::Match;
+use crate::store::{StoreTable, TimeRange};
+
+/// What one evaluation saw.
+#[derive(Debug)]
+pub struct Answer {
+    pub window: TimeRange,
+    /// The instances, by fingerprint, in the order of the rows.
+    pub matches: Vec<(String, Match)>,
+    /// The rows themselves: the evidence.
+    pub batch: RecordBatch,
+}
+
+impl CompiledRule {
+    /// The window an evaluation at `now` sees.
+    pub fn window_at(&self, now: i64) -> TimeRange {
+        let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let end = now.saturating_sub(nanos(self.lateness));
+        TimeRange {
+            start: Some(end.saturating_sub(nanos(self.window))),
+            end: Some(end),
+        }
+    }
+
+    /// The cached plan with its tables restricted to `range` and
+    /// `window_start()` / `window_end()` bound.
+    fn bind(&self, range: TimeRange) -> Result<LogicalPlan> {
+        let (start, end) = (
+            range.start.unwrap_or(i64::MIN),
+            range.end.unwrap_or(i64::MAX),
+        );
+        let start_fn = Arc::new(WindowBound::bound(WINDOW_START, start));
+        let end_fn = Arc::new(WindowBound::bound(WINDOW_END, end));
+        let plan = self.plan.clone().transform_up_with_subqueries(|node| {
+            let node = match node {
+                LogicalPlan::TableScan(mut scan) => {
+                    let provider = source_as_provider(&scan.source)?;
+                    match provider.downcast_ref::<StoreTable>() {
+                        Some(table) => {
+                            let restricted = StoreTable::restricted(table.table().clone(), range);
+                            scan.source = provider_as_source(Arc::new(restricted));
+                            Transformed::yes(LogicalPlan::TableScan(scan))
+                        }
+                        None => Transformed::no(LogicalPlan::TableScan(scan)),
+                    }
+                }
+                other => Transformed::no(other),
+            };
+            node.transform_data(|n| {
+                n.map_expressions(|e| {
+                    e.transform_up(|e| match e {
+                        Expr::ScalarFunction(mut f) if f.func.name() == WINDOW_START => {
+                            f.func = start_fn.clone();
+                            Ok(Transformed::yes(Expr::ScalarFunction(f)))
+                        }
+                        Expr::ScalarFunction(mut f) if f.func.name() == WINDOW_END => {
+                            f.func = end_fn.clone();
+                            Ok(Transformed::yes(Expr::ScalarFunction(f)))
+                        }
+                        other => Ok(Transformed::no(other)),
+                    })
+                })
+            })
+        })?;
+        Ok(plan.data)
+    }
+
+    /// Runs the rule's query for an evaluation at `now`.
+    pub async fn evaluate(&self, state: &SessionState, now: i64) -> Result<Answer> {
+        let window = self.window_at(now);
+        let plan = self.bind(window)?;
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&plan, state)
+            .await?;
+        let batches = collect(physical, state.task_ctx()).await?;
+        let batch = concat_batches(&self.output, &batches)?;
+        let matches = self.matches(&batch)?;
+        Ok(Answer {
+            window,
+            matches,
+            batch,
+        })
+    }
+
+    /// Each row as an instance: key columns are its labels, the others its
+    /// values. Two rows with the same labels are an error in the query.
+    fn matches(&self, batch: &RecordBatch) -> Result<Vec<(String, Match)>> {
+        let schema = batch.schema();
+        let mut out: Vec<(String, Match)> = Vec::with_capacity(batch.num_rows());
+        let mut seen = BTreeMap::new();
+        for row in 0..batch.num_rows() {
+            let mut labels = BTreeMap::new();
+            let mut values = Map::new();
+            for (i, field) in schema.fields().iter().enumerate() {
+                let column = batch.column(i);
+                if self.key_columns.contains(&i) {
+                    if column.is_null(row) {
+                        continue;
+                    }
+                    let value = ScalarValue::try_from_array(column, row)?;
+                    let text = match value.try_as_str() {
+                        Some(Some(s)) => s.to_owned(),
+                        _ => value.to_string(),
+                    };
+                    labels.insert(field.name().clone(), text);
+                } else {
+                    values.insert(field.name().clone(), json_value(column.as_ref(), row)?);
+                }
+            }
+            let fingerprint = fingerprint(&self.name, &labels);
+            if let Some(first) = seen.insert(fingerprint.clone(), row) {
+                return Err(DataFusionError::Execution(format!(
+                    "rows {first} and {row} of rule {} have the same labels {labels:?}: \
+                     group by more columns or set `key`",
+                    self.name
+                )));
+            }
+            out.push((fingerprint, Match { labels, values }));
+        }
+        Ok(out)
+    }
+}
+
+/// The stable identity of an instance: a hash of its rule and labels.
+pub fn fingerprint(rule: &str, labels: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    h.update(rule.as_bytes());
+    for (k, v) in labels {
+        h.update([0]);
+        h.update(k.as_bytes());
+        h.update([b'=']);
+        h.update(v.as_bytes());
+    }
+    const_hex::encode(&h.finalize()[..8])
+}
+
+/// A cell as JSON: numbers as numbers, text as text, the rest as its display.
+pub fn json_value(column: &dyn Array, row: usize) -> Result<Value> {
+    if column.is_null(row) {
+        return Ok(Value::Null);
+    }
+    let value = ScalarValue::try_from_array(column, row)?;
+    Ok(match value {
+        ScalarValue::Boolean(Some(b)) => Value::Bool(b),
+        ScalarValue::Int8(Some(v)) => v.into(),
+        ScalarValue::Int16(Some(v)) => v.into(),
+        ScalarValue::Int32(Some(v)) => v.into(),
+        ScalarValue::Int64(Some(v)) => v.into(),
+        ScalarValue::UInt8(Some(v)) => v.into(),
+        ScalarValue::UInt16(Some(v)) => v.into(),
+        ScalarValue::UInt32(Some(v)) => v.into(),
+        ScalarValue::UInt64(Some(v)) => v.into(),
+        ScalarValue::Float32(Some(v)) => {
+            serde_json::Number::from_f64(v as f64).map_or(Value::Null, Value::Number)
+        }
+        ScalarValue::Float64(Some(v)) => {
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+        }
+        other => match other.try_as_str() {
+            Some(Some(s)) => Value::String(s.to_owned()),
+            _ => Value::String(arrow::util::display::array_value_to_string(column, row)?),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_depend_on_rule_and_labels_only() {
+        let a: BTreeMap<String, String> = [("service_name".into(), "cart".into())].into();
+        let b: BTreeMap<String, String> = [("service_name".into(), "shop".into())].into();
+        assert_eq!(fingerprint("r", &a), fingerprint("r", &a.clone()));
+        assert_ne!(fingerprint("r", &a), fingerprint("r", &b));
+        assert_ne!(fingerprint("r", &a), fingerprint("s", &a));
+        assert_eq!(fingerprint("r", &a).len(), 16);
+    }
+}
