@@ -186,7 +186,95 @@ pub fn json_value(column: &dyn Array, row: usize) -> Result<Value> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
     use super::*;
+    use crate::ingest::Signal;
+    use crate::rules::RulePlanner;
+    use crate::store::{Store, StoreOptions};
+
+    const S: i64 = 1_000_000_000;
+
+    fn spans_at(times: &[i64]) -> RecordBatch {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        let spans = times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Span {
+                trace_id: vec![1; 16],
+                span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+                name: "s".into(),
+                start_time_unix_nano: *t as u64,
+                end_time_unix_nano: *t as u64,
+                ..Default::default()
+            })
+            .collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        crate::ingest::convert::spans::convert(&request)
+            .unwrap()
+            .batch
+    }
+
+    #[tokio::test]
+    async fn the_query_sees_exactly_its_window_and_its_bounds() {
+        let store = Store::new(StoreOptions {
+            memory_budget: u64::MAX,
+            retention: Duration::from_secs(3600),
+            partition: Duration::from_secs(3600),
+        });
+        // One partition holds rows on both sides of each window edge.
+        let now = 1_000 * S;
+        let times = [
+            now - 72 * S,
+            now - 71 * S,
+            now - 70 * S,
+            now - 40 * S,
+            now - 11 * S,
+            now - 10 * S,
+            now,
+        ];
+        store.insert(Signal::Traces, spans_at(&times), now).unwrap();
+        let planner = RulePlanner::new(&store).unwrap();
+        let text = r#"
+window = "1m"
+lateness = "10s"
+sql = """
+SELECT count(*) AS n,
+       CAST(window_start() AS BIGINT) AS ws, CAST(window_end() AS BIGINT) AS we,
+       count(DISTINCT date_bin(INTERVAL '30 seconds', start_time, window_start())) AS buckets
+FROM spans
+"""
+"#;
+        let rule = planner.compile(Path::new("w.toml"), text).await.unwrap();
+        let answer = rule.evaluate(planner.state(), now).await.unwrap();
+        assert_eq!(
+            answer.window,
+            TimeRange {
+                start: Some(now - 70 * S),
+                end: Some(now - 10 * S)
+            }
+        );
+        let values = &answer.matches[0].1.values;
+        // [now-70s, now-10s): the rows at -70s, -40s and -11s.
+        assert_eq!(values["n"], 3, "{values:?}");
+        assert_eq!(values["ws"], now - 70 * S);
+        assert_eq!(values["we"], now - 10 * S);
+        assert_eq!(values["buckets"], 2);
+        // The same cached plan, later: another window.
+        let answer = rule.evaluate(planner.state(), now + 10 * S).await.unwrap();
+        assert_eq!(answer.matches[0].1.values["n"], 3, "-40s, -11s and -10s");
+        assert_eq!(answer.matches[0].1.values["we"], now);
+    }
 
     #[test]
     fn fingerprints_depend_on_rule_and_labels_only() {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arrow::array::{RecordBatch, TimestampNanosecondArray};
-use arrow::compute::{max, min};
+use arrow::compute::{concat_batches, max, min};
 use arrow::datatypes::SchemaRef;
 use parking_lot::RwLock;
 
@@ -89,6 +89,46 @@ struct Partition {
     /// Wall-clock nanoseconds of the last insert: data that arrives late
     /// (or with old timestamps) still gets the whole retention.
     last_insert: i64,
+}
+
+/// Batches smaller than this are merged once [`MERGE_AFTER`] of them gather
+/// at the end of a partition.
+pub const SMALL_BATCH_ROWS: usize = 8192;
+/// How many small batches a partition collects before merging them.
+pub const MERGE_AFTER: usize = 16;
+
+impl Partition {
+    /// Merges the trailing small batches into one once there are enough of
+    /// them: SDKs export a few hundred items per request, and each batch
+    /// costs buffers, alignment and per-batch work in every scan. Returns
+    /// how many bytes the partition grew by (negative: freed).
+    fn compact(&mut self, schema: &SchemaRef) -> i64 {
+        let small = self
+            .batches
+            .iter()
+            .rev()
+            .take_while(|b| b.num_rows() < SMALL_BATCH_ROWS)
+            .count();
+        if small < MERGE_AFTER {
+            return 0;
+        }
+        let tail = self.batches.split_off(self.batches.len() - small);
+        let before: u64 = tail.iter().map(|b| b.get_array_memory_size() as u64).sum();
+        match concat_batches(schema, &tail) {
+            Ok(merged) => {
+                let after = merged.get_array_memory_size() as u64;
+                self.batches.push(merged);
+                self.bytes = self.bytes - before + after;
+                after as i64 - before as i64
+            }
+            Err(e) => {
+                // Cannot happen for batches of one schema; keep them as they were.
+                tracing::error!(error = %e, "could not merge small batches");
+                self.batches.extend(tail);
+                0
+            }
+        }
+    }
 }
 
 /// One table: its schema and its partitions.
@@ -242,6 +282,13 @@ impl Store {
         p.bytes += bytes;
         p.rows += rows;
         p.last_insert = p.last_insert.max(now);
+        let growth = p.compact(&table.schema);
+        drop(partitions);
+        if growth >= 0 {
+            self.used.fetch_add(growth as u64, Ordering::AcqRel);
+        } else {
+            self.used.fetch_sub(growth.unsigned_abs(), Ordering::AcqRel);
+        }
         Ok(())
     }
 

@@ -127,3 +127,26 @@ fn retention_counts_from_event_time_and_arrival() {
     assert_eq!(s.used_bytes(), before - expired[0].1.bytes);
     assert_eq!(s.table(Signal::Traces).usage().1, 2);
 }
+
+#[test]
+fn small_batches_are_merged_and_memory_accounting_follows() {
+    let s = store(u64::MAX);
+    let mut sizes = 0;
+    for i in 0..MERGE_AFTER as i64 {
+        let b = spans_at(&[MINUTE + i, MINUTE + i + 1]);
+        sizes += b.get_array_memory_size() as u64;
+        s.insert(Signal::Traces, b, 0).unwrap();
+    }
+    let t = s.table(Signal::Traces);
+    let batches = t.batches(TimeRange::ALL);
+    assert_eq!(batches.len(), 1, "merged into one batch");
+    assert_eq!(batches[0].num_rows(), 2 * MERGE_AFTER);
+    let (bytes, rows) = t.usage();
+    assert_eq!(rows, 2 * MERGE_AFTER as u64);
+    assert_eq!(bytes, batches[0].get_array_memory_size() as u64);
+    assert!(
+        bytes < sizes / 2,
+        "merging saves the per-batch overhead: {bytes} vs {sizes}"
+    );
+    assert_eq!(s.used_bytes(), bytes);
+}
