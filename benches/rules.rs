@@ -70,7 +70,7 @@ fn fill(store: &Store, n: usize, now: i64) {
                                 &format!("/api/{}", k as usize % ROUTES),
                             )],
                             status: Some(Status {
-                                code: if (k / 10) % 50 == 0 { 2 } else { 0 },
+                                code: if (k / 10).is_multiple_of(50) { 2 } else { 0 },
                                 message: String::new(),
                             }),
                             ..Default::default()
