@@ -220,6 +220,10 @@ async fn test(args: DirArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if outcomes.is_empty() {
+        println!("no tests: no *.test.toml file under {}", args.dir.display());
+        return ExitCode::FAILURE;
+    }
     let mut failed = 0;
     for o in &outcomes {
         let ms = o.elapsed.as_secs_f64() * 1000.0;
