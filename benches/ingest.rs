@@ -63,7 +63,8 @@ fn scope() -> Option<InstrumentationScope> {
 
 const ROUTES: [&str; 4] = ["/api/cart", "/api/checkout", "/api/items/{id}", "/healthz"];
 
-/// 1000 typical server spans: ~300 bytes each, 10 attributes.
+/// 1000 typical server spans: ~300 bytes encoded each, 10 attributes
+/// (HTTP server semantic conventions), one resource of 4 attributes.
 fn traces() -> ExportTraceServiceRequest {
     let spans = (0..ITEMS)
         .map(|i| {
@@ -78,22 +79,19 @@ fn traces() -> ExportTraceServiceRequest {
                 start_time_unix_nano: start,
                 end_time_unix_nano: start + 3_500_000 + (i as u64 % 97) * 10_000,
                 attributes: vec![
-                    kv("http.request.method", s("GET")),
+                    kv("http.method", s("GET")),
                     kv("http.route", s(route)),
+                    kv("http.status_code", int(if i % 50 == 0 { 500 } else { 200 })),
+                    kv("http.scheme", s("https")),
                     kv(
-                        "http.response.status_code",
-                        int(if i % 50 == 0 { 500 } else { 200 }),
-                    ),
-                    kv("url.scheme", s("https")),
-                    kv(
-                        "url.path",
+                        "http.target",
                         s(&route.replace("{id}", &(i % 1000).to_string())),
                     ),
-                    kv("server.address", s("shop.example.com")),
-                    kv("server.port", int(443)),
-                    kv("network.protocol.version", s("1.1")),
-                    kv("client.address", s(&format!("10.0.{}.{}", i % 7, i % 250))),
-                    kv("user_agent.original", s("Mozilla/5.0 (X11; Linux x86_64)")),
+                    kv("net.host.name", s("shop")),
+                    kv("net.host.port", int(443)),
+                    kv("http.flavor", s("1.1")),
+                    kv("net.peer.ip", s(&format!("10.0.{}.{}", i % 7, i % 250))),
+                    kv("http.user_agent", s("curl/8.5.0")),
                 ],
                 status: Some(Status {
                     code: if i % 50 == 0 { 2 } else { 0 },

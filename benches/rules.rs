@@ -4,7 +4,7 @@
 //! 1. the cost of one evaluation tick for 1, 10, 100 and 1000 rules over
 //!    windows of 10k, 100k and 1M spans, on one core (a current-thread
 //!    runtime, one target partition), next to two baselines measured in the
-//!    same run: a bare scan of the window (`SELECT count(*)`), and the same
+//!    same run: a scan of the window filtering on one column, and the same
 //!    rule query planned from SQL at every tick instead of from the cached
 //!    plan;
 //! 2. detection latency: from the OTLP/HTTP request that completes an
@@ -192,9 +192,11 @@ async fn tick_costs(spans_sizes: &[usize], rule_counts: &[usize], budget: Durati
             )),
         )
         .unwrap();
+        // Reads and compares one column of every row: `count(*)` alone would
+        // be answered from statistics.
         let scan = time_it(budget, async || {
             let b = ctx
-                .sql("SELECT count(*) FROM spans")
+                .sql("SELECT count(*) FROM spans WHERE status_code = 'ERROR'")
                 .await
                 .unwrap()
                 .collect()
@@ -217,7 +219,7 @@ async fn tick_costs(spans_sizes: &[usize], rule_counts: &[usize], budget: Durati
             let names = &all[..k];
             // Skip what would take minutes: extrapolating is honest enough.
             let estimate = replan * k as u32;
-            if estimate > budget * 4 {
+            if estimate > budget {
                 println!(
                     "{n:>9} {k:>6} {:>12} (skipped: ~{:.1?} per tick)",
                     "-", estimate
