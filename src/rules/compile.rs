@@ -72,7 +72,12 @@ pub struct RulePlanner {
 
 impl RulePlanner {
     pub fn new(store: &Store) -> Result<Self, DataFusionError> {
-        let mut config = SessionConfig::new().with_information_schema(false);
+        // One partition per evaluation: rules already run in parallel with
+        // each other (one task each), so splitting a rule's scan across cores
+        // only adds repartitioning work to every tick.
+        let mut config = SessionConfig::new()
+            .with_information_schema(false)
+            .with_target_partitions(1);
         // Spans let planning errors (unknown columns...) point at their line.
         config.options_mut().sql_parser.collect_spans = true;
         let ctx = SessionContext::new_with_config(config);

@@ -169,6 +169,28 @@ impl Table {
             .collect()
     }
 
+    /// The batches whose partitions may hold rows in `range`, split in two:
+    /// those of partitions wholly inside the range, and those of partitions
+    /// that straddle one of its ends (whose rows need filtering).
+    pub fn batches_within(&self, range: TimeRange) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+        let mut inside = Vec::new();
+        let mut straddling = Vec::new();
+        for p in self.partitions.read().values() {
+            if !range.overlaps(p.min_time, p.max_time) {
+                continue;
+            }
+            let contained = range.start.is_none_or(|s| p.min_time >= s)
+                && range.end.is_none_or(|e| p.max_time < e);
+            let into = if contained {
+                &mut inside
+            } else {
+                &mut straddling
+            };
+            into.extend(p.batches.iter().cloned());
+        }
+        (inside, straddling)
+    }
+
     /// Bytes and rows held.
     pub fn usage(&self) -> (u64, u64) {
         self.partitions

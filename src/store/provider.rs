@@ -7,6 +7,10 @@
 
 use std::sync::Arc;
 
+use arrow::array::{BooleanArray, RecordBatch, Scalar, TimestampNanosecondArray};
+use arrow::compute::filter_record_batch;
+use arrow::compute::kernels::boolean::and;
+use arrow::compute::kernels::cmp::{gt_eq, lt};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -14,12 +18,7 @@ use datafusion::common::{Result, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::{
-    BinaryExpr as PhysicalBinaryExpr, Column as PhysicalColumn, Literal,
-};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::filter::FilterExecBuilder;
 
 use super::{Table, TimeRange};
 use crate::ingest::convert::common::TIME_ZONE;
@@ -93,41 +92,32 @@ impl TableProvider for StoreTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let range = self.scan_range(filters);
         if self.range == TimeRange::ALL {
-            return memory_exec(&self.table, range, state, projection.cloned());
+            let batches = self.table.batches(range);
+            return memory_exec(&self.table, batches, state, projection.cloned());
         }
         // A restricted table (a rule's window) must not show the rows of the
-        // partitions it reads that fall outside its range.
-        let time = self.table.time_column_index();
-        let mut columns: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.table.schema().fields().len()).collect(),
-        };
-        let keep: Vec<usize> = (0..columns.len()).collect();
-        let time_at = match columns.iter().position(|c| *c == time) {
-            Some(i) => i,
-            None => {
-                columns.push(time);
-                columns.len() - 1
+        // partitions it reads that fall outside its range. Partitions wholly
+        // inside are read as they are; only the (at most two) partitions that
+        // straddle an end of the window are filtered, here, once.
+        let (mut batches, straddling) = self.table.batches_within(range);
+        for batch in straddling {
+            let kept = restrict(&batch, self.table.time_column_index(), self.range)?;
+            if kept.num_rows() > 0 {
+                batches.push(kept);
             }
-        };
-        let input = memory_exec(&self.table, range, state, Some(columns))?;
-        let predicate = window_predicate(self.table.time_column(), time_at, self.range);
-        let filter = FilterExecBuilder::new(predicate, input)
-            .apply_projection(Some(keep))?
-            .build()?;
-        Ok(Arc::new(filter))
+        }
+        memory_exec(&self.table, batches, state, projection.cloned())
     }
 }
 
-/// A scan of the partitions overlapping `range`, spread round-robin over the
-/// session's target partitions so that a scan uses every core it may.
+/// A scan of `batches`, spread round-robin over the session's target
+/// partitions so that a scan uses every core it may.
 fn memory_exec(
     table: &Table,
-    range: TimeRange,
+    batches: Vec<RecordBatch>,
     state: &dyn Session,
     projection: Option<Vec<usize>>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let batches = table.batches(range);
     let n = state
         .config()
         .target_partitions()
@@ -144,37 +134,26 @@ fn memory_exec(
     )?)
 }
 
-/// `start <= time AND time < end` over the column at `index`.
-fn window_predicate(name: &str, index: usize, range: TimeRange) -> Arc<dyn PhysicalExpr> {
-    let time: Arc<dyn PhysicalExpr> = Arc::new(PhysicalColumn::new(name, index));
-    let bound = |v: i64| -> Arc<dyn PhysicalExpr> {
-        Arc::new(Literal::new(ScalarValue::TimestampNanosecond(
-            Some(v),
-            Some(TIME_ZONE.into()),
-        )))
-    };
-    let mut predicate: Option<Arc<dyn PhysicalExpr>> = None;
-    let mut and = |e: Arc<dyn PhysicalExpr>| {
-        predicate = Some(match predicate.take() {
-            Some(p) => Arc::new(PhysicalBinaryExpr::new(p, Operator::And, e)),
-            None => e,
-        });
-    };
+/// The rows of `batch` whose time (column `time`) falls in `range`.
+fn restrict(batch: &RecordBatch, time: usize, range: TimeRange) -> Result<RecordBatch> {
+    let times = batch.column(time);
+    let bound =
+        |v: i64| Scalar::new(TimestampNanosecondArray::from(vec![v]).with_timezone(TIME_ZONE));
+    let mut mask: Option<BooleanArray> = None;
     if let Some(start) = range.start {
-        and(Arc::new(PhysicalBinaryExpr::new(
-            time.clone(),
-            Operator::GtEq,
-            bound(start),
-        )));
+        mask = Some(gt_eq(times, &bound(start))?);
     }
     if let Some(end) = range.end {
-        and(Arc::new(PhysicalBinaryExpr::new(
-            time.clone(),
-            Operator::Lt,
-            bound(end),
-        )));
+        let below = lt(times, &bound(end))?;
+        mask = Some(match mask {
+            Some(m) => and(&m, &below)?,
+            None => below,
+        });
     }
-    predicate.unwrap_or_else(|| Arc::new(Literal::new(ScalarValue::Boolean(Some(true)))))
+    Ok(match mask {
+        Some(m) => filter_record_batch(batch, &m)?,
+        None => batch.clone(),
+    })
 }
 
 /// The time range a filter restricts `column` to, if it is one we understand.

@@ -415,3 +415,66 @@ async fn hot_reload_applies_edits_keeps_state_and_survives_broken_files() {
     .await
     .expect("the previous version keeps running");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_rule_is_recorded_and_delays_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    // Plans fine, fails at run time on every tick once there is data.
+    write(
+        dir.path(),
+        "broken_at_runtime.toml",
+        "every = \"1s\"\nwindow = \"1h\"\nsql = \"SELECT span_name, CAST(span_name AS BIGINT) AS n FROM spans\"\n",
+    );
+    write(dir.path(), "volume.toml", RATIO_RULE);
+    let rules_dir = dir.path().to_owned();
+    let h = start_with(|c| c.rules = rules_dir).await;
+    let mut events = h.running.rules.subscribe();
+    let mut evaluations = h.running.rules.subscribe_evaluations();
+    let r = h
+        .post(
+            "/v1/traces",
+            "application/json",
+            false,
+            spans_now_json("failing-neighbour"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    wait_for(&mut events, "volume", AlertState::Firing).await;
+    // The broken rule keeps being tried, and says why it fails.
+    let error = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (name, e) = evaluations.recv().await.unwrap();
+            if name == "broken_at_runtime"
+                && let Some(error) = e.error
+            {
+                return error;
+            }
+        }
+    })
+    .await
+    .expect("the broken rule is evaluated");
+    assert!(error.contains("Cannot cast string 'GET /'"), "{error}");
+    let rules: Value = h
+        .client
+        .get(h.api_url("/api/v1/rules"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let broken = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "broken_at_runtime")
+        .unwrap();
+    assert_eq!(broken["health"], "error");
+    assert!(broken["last_evaluation"]["error"].as_str().is_some());
+    let failures = h
+        .metric(r#"homeostat_rule_evaluations_total{outcome="error"}"#)
+        .await
+        .unwrap();
+    assert!(failures >= 1.0);
+}
