@@ -191,39 +191,11 @@ mod tests {
 
     use super::*;
     use crate::ingest::Signal;
+    use crate::ingest::convert::spans::spans_at;
     use crate::rules::RulePlanner;
     use crate::store::{Store, StoreOptions};
 
     const S: i64 = 1_000_000_000;
-
-    fn spans_at(times: &[i64]) -> RecordBatch {
-        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-        let spans = times
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Span {
-                trace_id: vec![1; 16],
-                span_id: (i as u64 + 1).to_be_bytes().to_vec(),
-                name: "s".into(),
-                start_time_unix_nano: *t as u64,
-                end_time_unix_nano: *t as u64,
-                ..Default::default()
-            })
-            .collect();
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        crate::ingest::convert::spans::convert(&request)
-            .unwrap()
-            .batch
-    }
 
     #[tokio::test]
     async fn the_query_sees_exactly_its_window_and_its_bounds() {

@@ -1,6 +1,7 @@
 use arrow::array::RecordBatch;
 
 use super::*;
+use crate::ingest::convert::spans::spans_at;
 
 const MINUTE: i64 = 60_000_000_000;
 
@@ -10,36 +11,6 @@ fn store(budget: u64) -> Store {
         retention: Duration::from_secs(600),
         partition: Duration::from_secs(60),
     })
-}
-
-/// Real converter output: spans starting at `times`.
-fn spans_at(times: &[i64]) -> RecordBatch {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-    let spans = times
-        .iter()
-        .enumerate()
-        .map(|(i, t)| Span {
-            trace_id: vec![1; 16],
-            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
-            name: "s".into(),
-            start_time_unix_nano: *t as u64,
-            end_time_unix_nano: *t as u64,
-            ..Default::default()
-        })
-        .collect();
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    crate::ingest::convert::spans::convert(&request)
-        .unwrap()
-        .batch
 }
 
 #[test]

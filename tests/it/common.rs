@@ -102,6 +102,22 @@ impl Instance {
         Answer { columns, rows }
     }
 
+    /// GETs an API path and parses the JSON answer.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self
+            .client
+            .get(self.api_url(path))
+            .send()
+            .await
+            .expect("API reachable");
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.expect("JSON answer")
+    }
+
     /// The single number a `SELECT count(*) ...` returns.
     pub async fn count(&self, sql: &str) -> i64 {
         let answer = self.query(sql).await;

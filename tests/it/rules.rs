@@ -165,6 +165,16 @@ fn a_failing_rule_test_names_the_file_the_test_and_the_difference() {
     assert!(out.contains("1 passed, 1 failed"), "{out}");
 }
 
+/// The rule named `name` in a `/api/v1/rules` answer.
+fn rule<'a>(rules: &'a Value, name: &str) -> &'a Value {
+    rules["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no rule {name} in {rules}"))
+}
+
 /// Waits for the instance of `rule` to reach `state`, driven by the engine's
 /// own transition events (no sleeping).
 async fn wait_for(
@@ -230,15 +240,7 @@ async fn an_sdk_error_burst_goes_pending_firing_resolved() {
     );
     wait_for(&mut events, "burst", AlertState::Resolved).await;
 
-    let rules: Value = h
-        .client
-        .get(h.api_url("/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules: Value = h.get_json("/api/v1/rules").await;
     let rule = &rules["rules"][0];
     assert_eq!(rule["name"], "burst");
     assert_eq!(rule["health"], "ok");
@@ -308,24 +310,8 @@ async fn hot_reload_applies_edits_keeps_state_and_survives_broken_files() {
         .await;
     assert_eq!(r.status(), 200);
     wait_for(&mut events, "volume", AlertState::Firing).await;
-    let fired_at = |rules: &Value| {
-        rules["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == "volume")
-            .unwrap()["instances"][0]["fired_at"]
-            .as_i64()
-    };
-    let before: Value = h
-        .client
-        .get(h.api_url("/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fired_at = |rules: &Value| rule(rules, "volume")["instances"][0]["fired_at"].as_i64();
+    let before: Value = h.get_json("/api/v1/rules").await;
 
     // Edit the other rule's threshold: the watcher reloads it.
     reloads.borrow_and_update();
@@ -339,26 +325,13 @@ async fn hot_reload_applies_edits_keeps_state_and_survives_broken_files() {
         .expect("file change reloads")
         .unwrap();
     wait_for(&mut events, "other", AlertState::Firing).await;
-    let after: Value = h
-        .client
-        .get(h.api_url("/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: Value = h.get_json("/api/v1/rules").await;
     assert_eq!(
         fired_at(&before),
         fired_at(&after),
         "the unchanged rule kept its instance"
     );
-    let other = after["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "other")
-        .unwrap();
+    let other = rule(&after, "other");
     assert!(other["sql"].as_str().unwrap().contains("< 1000"));
 
     // A broken edit: reported, and the previous version keeps running.
@@ -378,22 +351,9 @@ async fn hot_reload_applies_edits_keeps_state_and_survives_broken_files() {
         errors[0].as_str().unwrap().contains("other.toml:1: "),
         "{report}"
     );
-    let rules: Value = h
-        .client
-        .get(h.api_url("/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules: Value = h.get_json("/api/v1/rules").await;
     assert_eq!(rules["errors"], report["errors"]);
-    let other = rules["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "other")
-        .unwrap();
+    let other = rule(&rules, "other");
     assert!(
         other["sql"].as_str().unwrap().contains("< 1000"),
         "old version kept"
@@ -455,21 +415,8 @@ async fn a_failing_rule_is_recorded_and_delays_no_other() {
     .await
     .expect("the broken rule is evaluated");
     assert!(error.contains("Cannot cast string 'GET /'"), "{error}");
-    let rules: Value = h
-        .client
-        .get(h.api_url("/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let broken = rules["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "broken_at_runtime")
-        .unwrap();
+    let rules: Value = h.get_json("/api/v1/rules").await;
+    let broken = rule(&rules, "broken_at_runtime");
     assert_eq!(broken["health"], "error");
     assert!(broken["last_evaluation"]["error"].as_str().is_some());
     let failures = h

@@ -343,3 +343,31 @@ pub fn convert(request: &ExportTraceServiceRequest) -> Result<Converted, ArrowEr
         rejected,
     })
 }
+
+/// Test data: one span per entry of `times`, each starting and ending then.
+#[cfg(test)]
+pub fn spans_at(times: &[i64]) -> arrow::array::RecordBatch {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+    let spans = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Span {
+            trace_id: vec![1; 16],
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            name: "s".into(),
+            start_time_unix_nano: *t as u64,
+            end_time_unix_nano: *t as u64,
+            ..Default::default()
+        })
+        .collect();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    convert(&request).expect("valid spans convert").batch
+}
