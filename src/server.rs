@@ -17,6 +17,7 @@ use crate::ingest::{self, Ingester, now_nanos};
 use crate::internal_events::{Metrics, PartitionsExpired};
 use crate::query::QueryEngine;
 use crate::rules::RuleEngine;
+use crate::rules::engine::Executor;
 use crate::store::Store;
 
 /// Why an instance could not start or stopped with an error.
@@ -37,6 +38,8 @@ pub enum ServerError {
         dir: std::path::PathBuf,
         source: notify::Error,
     },
+    #[error("cannot start the rule evaluation threads: {source}")]
+    Executor { source: std::io::Error },
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -50,6 +53,8 @@ pub struct Running {
     pub engine: QueryEngine,
     pub metrics: Arc<Metrics>,
     pub rules: Arc<RuleEngine>,
+    /// The threads rules are evaluated on; stopped with the instance.
+    _executor: Executor,
     /// Watches the rules folder while the instance runs.
     _watcher: Option<notify::RecommendedWatcher>,
     shutdown: CancellationToken,
@@ -141,9 +146,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         metrics.clone(),
         shutdown.clone(),
     ));
-    let (scheduler, token) = (rules.clone(), shutdown.clone());
+    let executor = Executor::new(std::thread::available_parallelism().map_or(2, usize::from))
+        .map_err(|source| ServerError::Executor { source })?;
+    let (scheduler, token, handle) = (rules.clone(), shutdown.clone(), executor.handle());
     tasks.spawn(async move {
-        scheduler.run(token).await;
+        scheduler.run(handle, token).await;
         Ok(())
     });
     let (reloader, token) = (rules.clone(), shutdown.clone());
@@ -163,6 +170,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         engine,
         metrics,
         rules,
+        _executor: executor,
         _watcher: watcher,
         shutdown,
         tasks,

@@ -300,7 +300,14 @@ impl RuleEngine {
     /// Evaluates every rule on its own schedule, on the wall clock, until
     /// `shutdown`: one task per rule, started and stopped as reloads add and
     /// remove rules.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    ///
+    /// Evaluations run on `executor`, a runtime of their own, so that heavy
+    /// queries never hold up the OTLP receivers and the API.
+    pub async fn run(
+        self: Arc<Self>,
+        executor: tokio::runtime::Handle,
+        shutdown: CancellationToken,
+    ) {
         let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
         let mut reloads = self.reloads();
         loop {
@@ -313,9 +320,9 @@ impl RuleEngine {
                 keep
             });
             for name in names {
-                tasks
-                    .entry(name.clone())
-                    .or_insert_with(|| tokio::spawn(self.clone().schedule(name, shutdown.clone())));
+                tasks.entry(name.clone()).or_insert_with(|| {
+                    executor.spawn(self.clone().schedule(name, shutdown.clone()))
+                });
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -382,5 +389,40 @@ impl RuleEngine {
             })?;
         watcher.watch(&self.dir, notify::RecursiveMode::Recursive)?;
         Ok(watcher)
+    }
+}
+
+/// A multi-threaded runtime dedicated to rule evaluation. Dropping it shuts
+/// it down without blocking, so it may be dropped from async code.
+pub struct Executor {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Executor {
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("homeostat-rules")
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.runtime
+            .as_ref()
+            .expect("present until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
