@@ -50,7 +50,8 @@ fn collect_keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
 }
 
 /// `homeostat run --config F --api ...`: flags win over the file; the
-/// instance answers `homeostat query`; SIGTERM stops it cleanly.
+/// instance answers `homeostat query`; SIGHUP reloads the rules; SIGTERM
+/// stops it cleanly.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_runs_queries_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,7 +117,35 @@ async fn the_binary_runs_queries_and_stops_on_sigterm() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("No field named missing"));
 
+    // The rules folder did not exist at start (so nothing watches it):
+    // SIGHUP is what loads the rule written since.
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("hup.toml"), "sql = \"SELECT 1 AS one\"\n").unwrap();
     let pid = child.id().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a reload within 30 s of SIGHUP")
+            .unwrap()
+            .expect("homeostat exited");
+        if line.contains("rules loaded") && line.contains("loaded=1") {
+            break;
+        }
+    }
+    let listed: serde_json::Value = reqwest::get(format!("http://{api}/api/v1/rules"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["rules"][0]["name"], "hup");
+
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
