@@ -59,10 +59,6 @@ pub struct QueryResult {
 }
 
 impl QueryResult {
-    pub fn num_rows(&self) -> usize {
-        self.batches.iter().map(RecordBatch::num_rows).sum()
-    }
-
     /// `{"columns": [names], "types": [arrow types], "rows": [[values]],
     /// "truncated": bool}`, values encoded as arrow-json encodes them
     /// (timestamps as RFC 3339 text, maps as objects, lists as arrays).
@@ -150,11 +146,6 @@ impl QueryEngine {
             ctx.register_table(table.name(), Arc::new(StoreTable::new(table.clone())))?;
         }
         Ok(Self { ctx, options })
-    }
-
-    /// The DataFusion session, for the rule engine and tests.
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
     }
 
     /// Runs one read-only statement.

@@ -8,7 +8,7 @@
 //! again at its next tick.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,14 +107,6 @@ impl RuleEngine {
             reload_lock: tokio::sync::Mutex::new(()),
             metrics,
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn planner(&self) -> &RulePlanner {
-        &self.planner
     }
 
     /// Transitions as they happen.
