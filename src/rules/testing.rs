@@ -673,31 +673,21 @@ fn load_fixture(store: &Store, path: &Path, offset: i64) -> Result<(), String> {
 }
 
 fn shift_metric(metric: &mut Metric, shift: &dyn Fn(&mut u64)) {
-    let both = |start: &mut u64, time: &mut u64| {
-        shift(start);
-        shift(time);
-    };
+    // Every point type has the same two time fields under its own type.
+    macro_rules! shift_points {
+        ($points:expr) => {
+            for p in $points.iter_mut() {
+                shift(&mut p.start_time_unix_nano);
+                shift(&mut p.time_unix_nano);
+            }
+        };
+    }
     match &mut metric.data {
-        Some(Data::Gauge(g)) => g
-            .data_points
-            .iter_mut()
-            .for_each(|p| both(&mut p.start_time_unix_nano, &mut p.time_unix_nano)),
-        Some(Data::Sum(s)) => s
-            .data_points
-            .iter_mut()
-            .for_each(|p| both(&mut p.start_time_unix_nano, &mut p.time_unix_nano)),
-        Some(Data::Histogram(h)) => h
-            .data_points
-            .iter_mut()
-            .for_each(|p| both(&mut p.start_time_unix_nano, &mut p.time_unix_nano)),
-        Some(Data::ExponentialHistogram(h)) => h
-            .data_points
-            .iter_mut()
-            .for_each(|p| both(&mut p.start_time_unix_nano, &mut p.time_unix_nano)),
-        Some(Data::Summary(s)) => s
-            .data_points
-            .iter_mut()
-            .for_each(|p| both(&mut p.start_time_unix_nano, &mut p.time_unix_nano)),
+        Some(Data::Gauge(g)) => shift_points!(g.data_points),
+        Some(Data::Sum(s)) => shift_points!(s.data_points),
+        Some(Data::Histogram(h)) => shift_points!(h.data_points),
+        Some(Data::ExponentialHistogram(h)) => shift_points!(h.data_points),
+        Some(Data::Summary(s)) => shift_points!(s.data_points),
         None => {}
     }
 }
@@ -728,5 +718,52 @@ mod tests {
         );
         assert!(expand("1+2").is_err());
         assert!(expand("abc").is_err());
+    }
+
+    #[tokio::test]
+    async fn otlp_fixtures_are_shifted_to_their_test_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("hot.toml"),
+            "every = \"10s\"\nwindow = \"30s\"\nsql = \"SELECT service_name, max(value) AS v FROM metrics GROUP BY service_name HAVING max(value) > 0.9\"\n",
+        )
+        .unwrap();
+        // Times inside the fixture are offsets: 5s and 15s after `at`.
+        let fixture = r#"{"resourceMetrics": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "cart"}}]},
+            "scopeMetrics": [{"metrics": [{"name": "util", "gauge": {"dataPoints": [
+                {"timeUnixNano": "5000000000", "asDouble": 0.95},
+                {"timeUnixNano": "15000000000", "asDouble": 0.97}
+            ]}}]}]}]}"#;
+        std::fs::write(d.join("util.json"), fixture).unwrap();
+        let test = r#"
+[[test]]
+name = "fixture"
+duration = "3m"
+[[test.otlp]]
+at = "1m"
+file = "util.json"
+[[test.expect]]
+at = "1m"
+rule = "hot"
+alerts = []
+[[test.expect]]
+at = "1m10s"
+rule = "hot"
+alerts = [{ labels = { service_name = "cart" }, state = "firing" }]
+[[test.expect]]
+at = "2m"
+rule = "hot"
+alerts = [{ labels = { service_name = "cart" }, state = "resolved" }]
+"#;
+        std::fs::write(d.join("hot.test.toml"), test).unwrap();
+        let outcomes = run_dir(d).await.unwrap();
+        assert_eq!(outcomes.len(), 1);
+        assert!(
+            outcomes[0].failures.is_empty(),
+            "{:?}",
+            outcomes[0].failures
+        );
     }
 }
