@@ -53,6 +53,13 @@ pub struct Config {
     pub store: StoreConfig,
     /// The SQL engine behind `/api/v1/query`.
     pub query: QueryConfig,
+    /// Defaults and maxima of rule actions (each rule's `[action]` is
+    /// bounded by these).
+    pub actions: crate::act::config::ActionLimits,
+    /// Where rationale traces are exported over OTLP, besides the local
+    /// `spans` table. The standard `OTEL_EXPORTER_OTLP_*` variables override
+    /// this section.
+    pub export: crate::decisions::export::ExportConfig,
 }
 
 /// `[ingest]`: the OTLP receivers.
@@ -109,6 +116,8 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             store: StoreConfig::default(),
             query: QueryConfig::default(),
+            actions: Default::default(),
+            export: Default::default(),
         }
     }
 }
@@ -194,6 +203,34 @@ impl Config {
         }
         if self.query.timeout.is_zero() {
             return invalid("query.timeout", "must be longer than 0s");
+        }
+        let a = &self.actions;
+        if a.max_concurrent == 0 {
+            return invalid("actions.max_concurrent", "must be at least 1");
+        }
+        if a.timeout.is_zero() || a.timeout > a.max_timeout {
+            return invalid(
+                "actions.timeout",
+                "must be longer than 0s and at most max_timeout",
+            );
+        }
+        if a.call_timeout.is_zero() || a.call_timeout > a.max_call_timeout {
+            return invalid(
+                "actions.call_timeout",
+                "must be longer than 0s and at most max_call_timeout",
+            );
+        }
+        if a.operations == 0 || a.operations > a.max_operations {
+            return invalid("actions.operations", "must be between 1 and max_operations");
+        }
+        if a.concurrent_per_rule == 0 || a.concurrent_per_rule > a.max_concurrent {
+            return invalid(
+                "actions.concurrent_per_rule",
+                "must be between 1 and max_concurrent",
+            );
+        }
+        if a.max_call_depth == 0 {
+            return invalid("actions.max_call_depth", "must be at least 1");
         }
         Ok(())
     }

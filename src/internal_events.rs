@@ -22,6 +22,8 @@ use crate::store::{Expired, Store};
 pub enum Transport {
     Grpc,
     Http,
+    /// The engine's own rationale spans, ingested back.
+    Internal,
 }
 
 impl Transport {
@@ -29,6 +31,7 @@ impl Transport {
         match self {
             Transport::Grpc => "grpc",
             Transport::Http => "http",
+            Transport::Internal => "internal",
         }
     }
 }
@@ -73,6 +76,30 @@ pub struct Metrics {
     rule_transitions: Counter,
     rule_reloads: Family<OutcomeLabels, Counter>,
     rules_loaded: Gauge,
+    decisions: Family<VerdictLabels, Counter>,
+    action_runs: Family<RunLabels, Counter>,
+    action_run_seconds: Histogram,
+    host_calls: Family<CallLabels, Counter>,
+    outcomes: Family<OutcomeLabels, Counter>,
+    approvals_pending: Gauge,
+    decision_spans_dropped: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    status: &'static str,
+    error: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    module: &'static str,
+    status: &'static str,
 }
 
 impl Default for Metrics {
@@ -98,6 +125,13 @@ impl Metrics {
             rule_transitions: Counter::default(),
             rule_reloads: Family::default(),
             rules_loaded: Gauge::default(),
+            decisions: Family::default(),
+            action_runs: Family::default(),
+            action_run_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            host_calls: Family::default(),
+            outcomes: Family::default(),
+            approvals_pending: Gauge::default(),
+            decision_spans_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -156,6 +190,41 @@ impl Metrics {
             "rules_loaded",
             "Rules loaded and running",
             m.rules_loaded.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Decisions on alerts with actions, by policy verdict",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "action_runs",
+            "Action script runs, by status and error kind",
+            m.action_runs.clone(),
+        );
+        registry.register(
+            "action_run_seconds",
+            "Time an action took, retries included",
+            m.action_run_seconds.clone(),
+        );
+        registry.register(
+            "host_calls",
+            "Host calls made by scripts, by module and status",
+            m.host_calls.clone(),
+        );
+        registry.register(
+            "decision_outcomes",
+            "Verified outcomes of actions",
+            m.outcomes.clone(),
+        );
+        registry.register(
+            "approvals_pending",
+            "Decisions waiting for a person's approval",
+            m.approvals_pending.clone(),
+        );
+        registry.register(
+            "decision_spans_dropped",
+            "Rationale spans not stored locally because the store was full",
+            m.decision_spans_dropped.clone(),
         );
         Self { registry, ..m }
     }
@@ -333,5 +402,124 @@ impl RulesReloaded<'_> {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         metrics.rules_loaded.set(r.loaded.len() as i64);
+    }
+}
+
+/// The policies gave their verdict on a decision.
+pub struct DecisionMade<'a> {
+    pub rule: &'a str,
+    pub verdict: crate::decisions::Verdict,
+    pub reason: &'a str,
+}
+
+impl DecisionMade<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(
+            rule = self.rule,
+            verdict = self.verdict.name(),
+            reason = self.reason,
+            "decision"
+        );
+        metrics
+            .decisions
+            .get_or_create(&VerdictLabels {
+                verdict: self.verdict.name(),
+            })
+            .inc();
+    }
+}
+
+/// An action finished running.
+pub struct ActionRan<'a> {
+    pub rule: &'a str,
+    pub run: &'a crate::decisions::ActionRun,
+    pub calls: &'a [crate::act::host::HostCall],
+    pub elapsed: std::time::Duration,
+}
+
+impl ActionRan<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        let status = match self.run.status {
+            crate::decisions::RunStatus::Running => "running",
+            crate::decisions::RunStatus::Succeeded => "succeeded",
+            crate::decisions::RunStatus::Skipped => "skipped",
+            crate::decisions::RunStatus::Failed => "failed",
+        };
+        let error = self.run.error.as_ref().map_or("", |e| e.kind);
+        match &self.run.error {
+            Some(e) => {
+                tracing::warn!(rule = self.rule, kind = e.kind, error = %e.message, "action failed")
+            }
+            None => tracing::info!(
+                rule = self.rule,
+                status,
+                calls = self.calls.len(),
+                "action ran"
+            ),
+        }
+        metrics
+            .action_runs
+            .get_or_create(&RunLabels { status, error })
+            .inc();
+        metrics
+            .action_run_seconds
+            .observe(self.elapsed.as_secs_f64());
+        for call in self.calls {
+            metrics
+                .host_calls
+                .get_or_create(&CallLabels {
+                    module: call.module,
+                    status: call.status.name(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// An action's outcome was verified.
+pub struct OutcomeVerified<'a> {
+    pub rule: &'a str,
+    pub outcome: crate::decisions::Outcome,
+}
+
+impl OutcomeVerified<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::info!(
+            rule = self.rule,
+            outcome = self.outcome.name(),
+            "action outcome"
+        );
+        metrics
+            .outcomes
+            .get_or_create(&OutcomeLabels {
+                outcome: self.outcome.name(),
+            })
+            .inc();
+    }
+}
+
+/// The number of decisions waiting for approval changed.
+pub struct ApprovalsPending(pub usize);
+
+impl ApprovalsPending {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.approvals_pending.set(self.0 as i64);
+    }
+}
+
+/// Rationale spans could not be stored locally.
+pub struct DecisionSpansDropped<'a> {
+    pub spans: usize,
+    pub error: &'a str,
+}
+
+impl DecisionSpansDropped<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::warn!(
+            spans = self.spans,
+            error = self.error,
+            "rationale spans not stored locally"
+        );
+        metrics.decision_spans_dropped.inc_by(self.spans as u64);
     }
 }

@@ -15,8 +15,10 @@
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`internal_events`]: the engine's own typed events and metrics.
 
+pub mod act;
 pub mod api;
 pub mod config;
+pub mod decisions;
 pub mod ingest;
 pub mod internal_events;
 pub mod query;

@@ -11,8 +11,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::act::actor::{Actor, Clock, TraceSink};
 use crate::api::{self, ApiState};
 use crate::config::{Config, ConfigError};
+use crate::decisions::DecisionLog;
+use crate::decisions::export::Exporter;
+use crate::decisions::memory::Facts;
 use crate::ingest::{self, Ingester, now_nanos};
 use crate::internal_events::{Metrics, PartitionsExpired};
 use crate::query::QueryEngine;
@@ -40,6 +44,10 @@ pub enum ServerError {
     },
     #[error("cannot start the rule evaluation threads: {source}")]
     Executor { source: std::io::Error },
+    #[error("cannot start the action threads: {source}")]
+    Actions { source: std::io::Error },
+    #[error("invalid OTLP export settings: {0}")]
+    Export(#[from] crate::decisions::export::ExportConfigError),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -53,6 +61,10 @@ pub struct Running {
     pub engine: QueryEngine,
     pub metrics: Arc<Metrics>,
     pub rules: Arc<RuleEngine>,
+    /// Runs actions and keeps the decisions.
+    pub actor: Arc<Actor>,
+    /// Sends rationale spans to the configured OTLP endpoint, if any.
+    pub exporter: Option<Exporter>,
     /// The threads rules are evaluated on; stopped with the instance.
     _executor: Executor,
     /// Watches the rules folder while the instance runs.
@@ -93,10 +105,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let ingester = Ingester::new(store.clone(), metrics.clone(), config.ingest.retry_after);
     let max_request =
         usize::try_from(config.ingest.max_request_size.as_u64()).unwrap_or(usize::MAX);
-    let rules = Arc::new(RuleEngine::new(
+    let export = config
+        .export
+        .clone()
+        .with_env(|name| std::env::var(name).ok())?;
+    export.validate()?;
+    let rules = Arc::new(RuleEngine::with_action_limits(
         config.rules.clone(),
         &store,
         metrics.clone(),
+        config.actions.clone(),
     )?);
     let report = rules.reload().await;
     for e in &report.errors {
@@ -114,6 +132,29 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let exporter = export
+        .endpoint
+        .is_some()
+        .then(|| Exporter::start(export, shutdown.clone()));
+    let actor = Arc::new(
+        Actor::new(
+            config.actions.clone(),
+            Arc::new(DecisionLog::default()),
+            Arc::new(Facts::default()),
+            TraceSink {
+                store: Some(store.clone()),
+                exporter: exporter.clone(),
+            },
+            metrics.clone(),
+            Clock::Wall,
+        )
+        .map_err(|source| ServerError::Actions { source })?,
+    );
+    let (acting, token, watched) = (actor.clone(), shutdown.clone(), rules.clone());
+    tasks.spawn(async move {
+        acting.run(watched, token).await;
+        Ok(())
+    });
 
     tasks.spawn(serve_grpc(
         grpc_listener,
@@ -133,6 +174,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         store: store.clone(),
         metrics: metrics.clone(),
         rules: rules.clone(),
+        actor: actor.clone(),
         ready: ready.clone(),
     });
     tasks.spawn(serve_http(
@@ -170,6 +212,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         engine,
         metrics,
         rules,
+        actor,
+        exporter,
         _executor: executor,
         _watcher: watcher,
         shutdown,

@@ -1,6 +1,7 @@
-//! The HTTP API: SQL queries, rules, health and readiness, and the
-//! engine's own metrics in Prometheus format.
+//! The HTTP API: SQL queries, rules, decisions and approvals, health and
+//! readiness, and the engine's own metrics in Prometheus format.
 
+mod decisions;
 mod rules;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub struct ApiState {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub rules: Arc<RuleEngine>,
+    pub actor: Arc<crate::act::actor::Actor>,
     /// Set once every receiver listens.
     pub ready: Arc<AtomicBool>,
 }
@@ -34,6 +36,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/query", post(query))
         .route("/api/v1/rules", get(rules::list))
         .route("/-/reload", post(rules::reload))
+        .route("/api/v1/decisions", get(decisions::list))
+        .route("/api/v1/decisions/{id}", get(decisions::get_one))
+        .route("/api/v1/approvals", get(decisions::pending))
+        .route("/api/v1/approvals/{id}", post(decisions::answer))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

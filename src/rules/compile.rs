@@ -53,13 +53,7 @@ pub struct CompiledRule {
     pub source_hash: String,
 }
 
-/// A rule's action script, compiled.
-#[derive(Debug)]
-pub struct CompiledAction {
-    /// The script file, or the rule file for an inline script.
-    pub path: PathBuf,
-    pub ast: rhai::AST,
-}
+pub use crate::act::config::CompiledAction;
 
 /// Plans rule queries against a store's tables. One planner serves every
 /// rule; its session also holds the rule SQL functions.
@@ -68,6 +62,8 @@ pub struct RulePlanner {
     /// A snapshot of the session, taken once: evaluations use it rather
     /// than cloning the session's state at every tick.
     state: SessionState,
+    /// The global bounds of rule actions.
+    limits: crate::act::config::ActionLimits,
 }
 
 impl RulePlanner {
@@ -87,7 +83,21 @@ impl RulePlanner {
         ctx.register_udf(ScalarUDF::new_from_impl(WindowBound::new(WINDOW_START)));
         ctx.register_udf(ScalarUDF::new_from_impl(WindowBound::new(WINDOW_END)));
         super::functions::register(&ctx);
-        Ok(Self { state: ctx.state() })
+        Ok(Self {
+            state: ctx.state(),
+            limits: Default::default(),
+        })
+    }
+
+    /// Bounds rule actions by `limits` rather than the defaults.
+    pub fn with_action_limits(mut self, limits: crate::act::config::ActionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The global bounds of rule actions.
+    pub fn action_limits(&self) -> &crate::act::config::ActionLimits {
+        &self.limits
     }
 
     /// The session state rules are planned and run in.
@@ -209,7 +219,13 @@ impl RulePlanner {
 
         let action = match &file.action {
             None => None,
-            Some(a) => compile_action(path, text, dir, a, &mut hasher, &mut errors),
+            Some(a) => match crate::act::config::compile(path, text, a, &self.limits, &mut hasher) {
+                Ok(a) => Some(a),
+                Err(problems) => {
+                    errors.extend(problems);
+                    None
+                }
+            },
         };
 
         if !errors.is_empty() {
@@ -264,60 +280,6 @@ fn check_durations(path: &Path, text: &str, file: &RuleFile, errors: &mut Vec<Ru
             key_line(text, "window"),
             "window must be longer than 0s",
         ));
-    }
-}
-
-fn compile_action(
-    path: &Path,
-    text: &str,
-    dir: &Path,
-    action: &super::file::ActionFile,
-    hasher: &mut Sha256,
-    errors: &mut Vec<RuleError>,
-) -> Option<CompiledAction> {
-    let (source, script_path, first_line) = match (&action.script, &action.inline) {
-        (Some(f), None) => {
-            let script_path = dir.join(f);
-            match std::fs::read_to_string(&script_path) {
-                Ok(s) => (s, script_path, 1),
-                Err(e) => {
-                    errors.push(RuleError::new(
-                        path,
-                        key_line(text, "script"),
-                        format!("cannot read script {}: {e}", script_path.display()),
-                    ));
-                    return None;
-                }
-            }
-        }
-        (None, Some(inline)) => (
-            inline.clone(),
-            path.to_owned(),
-            value_start_line(text, "inline"),
-        ),
-        _ => {
-            errors.push(RuleError::new(
-                path,
-                key_line(text, "action"),
-                "[action] needs exactly one of script or inline",
-            ));
-            return None;
-        }
-    };
-    hasher.update(source.as_bytes());
-    match crate::rules::script::compile(&source) {
-        Ok(ast) => Some(CompiledAction {
-            path: script_path,
-            ast,
-        }),
-        Err((line, message)) => {
-            errors.push(RuleError::new(
-                &script_path,
-                first_line + line.saturating_sub(1),
-                message,
-            ));
-            None
-        }
     }
 }
 

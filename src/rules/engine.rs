@@ -95,9 +95,19 @@ impl RuleEngine {
         store: &Store,
         metrics: Arc<Metrics>,
     ) -> Result<Self, datafusion::error::DataFusionError> {
+        Self::with_action_limits(dir, store, metrics, Default::default())
+    }
+
+    /// A rule engine whose rules' actions are bounded by `limits`.
+    pub fn with_action_limits(
+        dir: PathBuf,
+        store: &Store,
+        metrics: Arc<Metrics>,
+        limits: crate::act::config::ActionLimits,
+    ) -> Result<Self, datafusion::error::DataFusionError> {
         Ok(Self {
             dir,
-            planner: RulePlanner::new(store)?,
+            planner: RulePlanner::new(store)?.with_action_limits(limits),
             rules: RwLock::new(BTreeMap::new()),
             errors: RwLock::new(Vec::new()),
             events: broadcast::channel(EVENT_BUFFER).0,

@@ -110,22 +110,14 @@ impl CompiledRule {
         let mut out: Vec<(String, Match)> = Vec::with_capacity(batch.num_rows());
         let mut seen = BTreeMap::new();
         for row in 0..batch.num_rows() {
-            let mut labels = BTreeMap::new();
+            let labels = self.row_labels(batch, row)?;
             let mut values = Map::new();
             for (i, field) in schema.fields().iter().enumerate() {
-                let column = batch.column(i);
-                if self.key_columns.contains(&i) {
-                    if column.is_null(row) {
-                        continue;
-                    }
-                    let value = ScalarValue::try_from_array(column, row)?;
-                    let text = match value.try_as_str() {
-                        Some(Some(s)) => s.to_owned(),
-                        _ => value.to_string(),
-                    };
-                    labels.insert(field.name().clone(), text);
-                } else {
-                    values.insert(field.name().clone(), json_value(column.as_ref(), row)?);
+                if !self.key_columns.contains(&i) {
+                    values.insert(
+                        field.name().clone(),
+                        json_value(batch.column(i).as_ref(), row)?,
+                    );
                 }
             }
             let fingerprint = fingerprint(&self.name, &labels);
@@ -140,6 +132,40 @@ impl CompiledRule {
         }
         Ok(out)
     }
+}
+
+impl CompiledRule {
+    /// The labels of one row of the rule's answer: its key columns as text.
+    pub fn row_labels(&self, batch: &RecordBatch, row: usize) -> Result<BTreeMap<String, String>> {
+        let schema = batch.schema();
+        let mut labels = BTreeMap::new();
+        for &i in &self.key_columns {
+            let column = batch.column(i);
+            if column.is_null(row) {
+                continue;
+            }
+            let value = ScalarValue::try_from_array(column, row)?;
+            let text = match value.try_as_str() {
+                Some(Some(s)) => s.to_owned(),
+                _ => value.to_string(),
+            };
+            labels.insert(schema.field(i).name().clone(), text);
+        }
+        Ok(labels)
+    }
+}
+
+/// A whole row as a JSON object.
+pub fn row_json(batch: &RecordBatch, row: usize) -> Result<Map<String, Value>> {
+    let schema = batch.schema();
+    let mut out = Map::new();
+    for (i, field) in schema.fields().iter().enumerate() {
+        out.insert(
+            field.name().clone(),
+            json_value(batch.column(i).as_ref(), row)?,
+        );
+    }
+    Ok(out)
 }
 
 /// The stable identity of an instance: a hash of its rule and labels.
@@ -177,11 +203,21 @@ pub fn json_value(column: &dyn Array, row: usize) -> Result<Value> {
         ScalarValue::Float64(Some(v)) => {
             serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
         }
+        ScalarValue::List(list) => list_json(list.values().as_ref())?,
+        ScalarValue::LargeList(list) => list_json(list.values().as_ref())?,
         other => match other.try_as_str() {
             Some(Some(s)) => Value::String(s.to_owned()),
             _ => Value::String(arrow::util::display::array_value_to_string(column, row)?),
         },
     })
+}
+
+/// The elements of a list cell as a JSON array.
+fn list_json(values: &dyn Array) -> Result<Value> {
+    (0..values.len())
+        .map(|i| json_value(values, i))
+        .collect::<Result<Vec<_>>>()
+        .map(Value::Array)
 }
 
 #[cfg(test)]

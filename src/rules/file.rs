@@ -58,15 +58,7 @@ pub struct RuleFile {
     pub action: Option<ActionFile>,
 }
 
-/// The `[action]` section of a rule.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionFile {
-    /// A Rhai script file, relative to the rule file.
-    pub script: Option<PathBuf>,
-    /// A Rhai script written in the rule file itself.
-    pub inline: Option<String>,
-}
+pub use crate::act::config::ActionFile;
 
 /// A problem in a rule file, with its position.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,6 @@
 //!   state machine.
 //! - [`engine`]: the loaded rules, reload, and the live schedule.
 //! - [`functions`]: the SQL functions rules use (rate, increase, quantiles).
-//! - [`script`]: the Rhai engine action scripts are compiled with.
 //! - [`testing`]: `homeostat test`, rule unit tests on virtual time.
 
 pub mod compile;
@@ -16,7 +15,6 @@ pub mod engine;
 pub mod eval;
 pub mod file;
 pub mod functions;
-pub mod script;
 pub mod state;
 pub mod testing;
 

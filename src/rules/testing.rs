@@ -7,6 +7,11 @@
 //! rules on a virtual clock, every rule at multiples of its own `every`, and
 //! compares the alert instances with the expected ones at given times. The
 //! rules run through the same compile and evaluation code as `homeostat run`.
+//!
+//! Actions run too, always in dry-run (host calls recorded, not performed),
+//! through the same policies and sandbox; `[[test.actions]]` lists the
+//! decisions expected of a rule, in order. Their rationale spans land in the
+//! test's `spans` table, so rules that watch the engine itself can be tested.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,9 +32,15 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use std::sync::atomic::AtomicI64;
+
 use super::engine::RuleEngine;
 use super::file::{RuleError, TEST_SUFFIX};
 use super::state::AlertState;
+use crate::act::actor::{Actor, Clock, TraceSink};
+use crate::act::config::ActionLimits;
+use crate::decisions::DecisionLog;
+use crate::decisions::memory::Facts;
 use crate::ingest::ExportRequest;
 use crate::internal_events::Metrics;
 use crate::store::{Store, StoreOptions};
@@ -65,6 +76,35 @@ pub struct TestCase {
     pub otlp: Vec<OtlpFixture>,
     #[serde(default)]
     pub expect: Vec<Expectation>,
+    /// The decisions expected of rules with actions, in order, over the
+    /// whole test; a rule listed here must make exactly these.
+    #[serde(default)]
+    pub actions: Vec<ExpectedAction>,
+}
+
+/// A decision expected of a rule's action. Every field but `rule` is
+/// optional and checked only when given.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedAction {
+    pub rule: String,
+    /// When it was decided (an evaluation time).
+    #[serde(default, with = "crate::serde_duration::option")]
+    pub at: Option<Duration>,
+    /// The instance's labels (those given must match).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// firing, resolved, repeat, ineffective.
+    pub trigger: Option<crate::act::config::Trigger>,
+    /// allowed, suppressed, awaiting_approval, ...
+    pub verdict: Option<crate::decisions::Verdict>,
+    /// The option the script chose with `decide`.
+    pub choice: Option<String>,
+    /// succeeded, skipped, failed.
+    pub status: Option<crate::decisions::RunStatus>,
+    /// The host calls, in order: each `function` or `function target`
+    /// (`"http::post POST https://hooks/x"`).
+    pub calls: Option<Vec<String>>,
 }
 
 fn one() -> u32 {
@@ -256,8 +296,27 @@ async fn run_case(rules_dir: &Path, base: &Path, case: &TestCase) -> Result<Vec<
         retention: Duration::from_secs(365 * 24 * 3600),
         partition: Duration::from_secs(60),
     });
-    let engine = RuleEngine::new(rules_dir.to_owned(), &store, Arc::new(Metrics::new()))
+    let store = Arc::new(store);
+    let metrics = Arc::new(Metrics::new());
+    let engine = RuleEngine::new(rules_dir.to_owned(), &store, metrics.clone())
         .map_err(|e| format!("cannot set up the rule engine: {e}"))?;
+    let clock = Arc::new(AtomicI64::new(ORIGIN));
+    let actor = Arc::new(
+        Actor::new(
+            ActionLimits::default(),
+            Arc::new(DecisionLog::default()),
+            Arc::new(Facts::default()),
+            TraceSink {
+                store: Some(store.clone()),
+                exporter: None,
+            },
+            metrics,
+            Clock::Virtual(clock.clone()),
+        )
+        .map_err(|e| format!("cannot start the action threads: {e}"))?
+        .dry_run_all(),
+    );
+    let mut events = engine.subscribe();
     let report = engine.reload().await;
     if !report.errors.is_empty() {
         return Err(format!(
@@ -306,19 +365,35 @@ async fn run_case(rules_dir: &Path, base: &Path, case: &TestCase) -> Result<Vec<
 
     let mut failures = Vec::new();
     let mut pending = schedule.into_iter().peekable();
+    let mut step = async |t: i64, rule: &str, failures: &mut Vec<String>| {
+        let now = ORIGIN + t;
+        clock.store(now, std::sync::atomic::Ordering::Release);
+        let (evaluation, _) = engine
+            .evaluate(rule, now)
+            .await
+            .expect("the rule is loaded");
+        if let Some(error) = evaluation.error {
+            failures.push(format!(
+                "at {}: rule {rule} failed to evaluate: {error}",
+                humantime::format_duration(Duration::from_nanos(t as u64))
+            ));
+        }
+        // Actions finish before the clock moves on, as if instantaneous.
+        let mut runs = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            runs.extend(actor.on_event(&event, now));
+        }
+        runs.extend(actor.tick(&engine, now));
+        for run in runs {
+            if let Err(e) = run.await {
+                failures.push(format!("an action of rule {rule} panicked: {e}"));
+            }
+        }
+    };
     for expected in expectations {
         let at = nanos(expected.at);
         while let Some((t, rule)) = pending.next_if(|(t, _)| *t <= at) {
-            let (evaluation, _) = engine
-                .evaluate(&rule, ORIGIN + t)
-                .await
-                .expect("the rule is loaded");
-            if let Some(error) = evaluation.error {
-                failures.push(format!(
-                    "at {}: rule {rule} failed to evaluate: {error}",
-                    humantime::format_duration(Duration::from_nanos(t as u64))
-                ));
-            }
+            step(t, &rule, &mut failures).await;
         }
         let Some(loaded) = engine.rule(&expected.rule) else {
             failures.push(format!(
@@ -362,7 +437,102 @@ async fn run_case(rules_dir: &Path, base: &Path, case: &TestCase) -> Result<Vec<
             ));
         }
     }
+    for (t, rule) in pending {
+        step(t, &rule, &mut failures).await;
+    }
+    check_actions(&case.actions, actor.log(), &mut failures);
     Ok(failures)
+}
+
+/// Compares each listed rule's decisions, oldest first, with the expected
+/// ones.
+fn check_actions(expected: &[ExpectedAction], log: &DecisionLog, failures: &mut Vec<String>) {
+    let rules: BTreeSet<&str> = expected.iter().map(|e| e.rule.as_str()).collect();
+    for rule in rules {
+        let mut got = log.list(&crate::decisions::Filter {
+            rule: Some(rule.to_owned()),
+            outcome: None,
+            limit: usize::MAX,
+        });
+        got.reverse();
+        let want: Vec<&ExpectedAction> = expected.iter().filter(|e| e.rule == rule).collect();
+        if got.len() != want.len() {
+            failures.push(format!(
+                "rule {rule}: expected {} decisions, got {}:\n    {}",
+                want.len(),
+                got.len(),
+                got.iter().map(describe).collect::<Vec<_>>().join("\n    ")
+            ));
+            continue;
+        }
+        for (i, (w, d)) in want.iter().zip(&got).enumerate() {
+            let mut wrong = Vec::new();
+            if let Some(at) = w.at
+                && d.at != ORIGIN + nanos(at)
+            {
+                wrong.push(format!("at {}", humantime::format_duration(at)));
+            }
+            if w.labels.iter().any(|(k, v)| d.labels.get(k) != Some(v)) {
+                wrong.push(format!("labels {:?}", w.labels));
+            }
+            if w.trigger.is_some_and(|t| t != d.trigger) {
+                wrong.push(format!("trigger {:?}", w.trigger));
+            }
+            if w.verdict.is_some_and(|v| v != d.policy.verdict) {
+                wrong.push(format!("verdict {:?}", w.verdict));
+            }
+            let choice = d.reasoning.decision.as_ref().map(|c| c.option.as_str());
+            if w.choice.is_some() && w.choice.as_deref() != choice {
+                wrong.push(format!("choice {:?}", w.choice));
+            }
+            if w.status.is_some() && w.status != d.run.as_ref().map(|r| r.status) {
+                wrong.push(format!("status {:?}", w.status));
+            }
+            if let Some(calls) = &w.calls {
+                let matches = calls.len() == d.host_calls.len()
+                    && calls.iter().zip(&d.host_calls).all(|(c, h)| {
+                        *c == h.function || *c == format!("{} {}", h.function, h.target)
+                    });
+                if !matches {
+                    wrong.push(format!("calls {calls:?}"));
+                }
+            }
+            if !wrong.is_empty() {
+                failures.push(format!(
+                    "rule {rule}, decision {}: expected {}\n    got: {}",
+                    i + 1,
+                    wrong.join(", "),
+                    describe(d)
+                ));
+            }
+        }
+    }
+}
+
+/// One line about a decision, for failure messages.
+fn describe(d: &crate::decisions::Decision) -> String {
+    let at = Duration::from_nanos(u64::try_from(d.at - ORIGIN).unwrap_or(0));
+    let calls: Vec<String> = d
+        .host_calls
+        .iter()
+        .map(|c| format!("{} {}", c.function, c.target))
+        .collect();
+    format!(
+        "at {} {:?} {} {}: {} -> {:?}, status {:?}, calls {:?}{}",
+        humantime::format_duration(at),
+        d.labels,
+        d.trigger.name(),
+        d.policy.verdict.name(),
+        d.policy.reason,
+        d.reasoning.decision.as_ref().map(|c| &c.option),
+        d.run.as_ref().map(|r| r.status),
+        calls,
+        d.run
+            .as_ref()
+            .and_then(|r| r.error.as_ref())
+            .map(|e| format!(", error {}: {}", e.kind, e.message))
+            .unwrap_or_default(),
+    )
 }
 
 fn show(alerts: &[ExpectedAlert]) -> String {

@@ -1,0 +1,140 @@
+//! Versioned facts: what scripts remember between runs (`memory::put`,
+//! `memory::get`, `memory::history`). Nothing is overwritten: a new value
+//! closes the current version (`valid_to`) and opens the next one, SCD-2
+//! style, so the history of every key can be read back.
+//!
+//! Bounded: at most [`MAX_KEYS`] keys and [`MAX_VERSIONS`] versions per key
+//! are kept in memory (the oldest versions go first); a value larger than
+//! [`MAX_VALUE_BYTES`] once serialized is refused.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use parking_lot::RwLock;
+use serde::Serialize;
+use serde_json::Value;
+
+pub const MAX_KEYS: usize = 10_000;
+pub const MAX_VERSIONS: usize = 100;
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// One version of a fact.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fact {
+    pub key: String,
+    pub version: u64,
+    pub value: Value,
+    /// UTC nanoseconds.
+    pub valid_from: i64,
+    /// When the next version replaced it; `None` while current.
+    pub valid_to: Option<i64>,
+    /// The rule whose action wrote it.
+    pub written_by: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FactError {
+    #[error("value for {key:?} is {size} bytes, over the {MAX_VALUE_BYTES} byte limit")]
+    TooLarge { key: String, size: usize },
+    #[error("memory holds {MAX_KEYS} keys already; {key:?} is a new one")]
+    TooManyKeys { key: String },
+    #[error("keys are 1 to 256 characters; got {len}")]
+    BadKey { len: usize },
+}
+
+/// The facts, by key.
+#[derive(Debug, Default)]
+pub struct Facts {
+    keys: RwLock<BTreeMap<String, VecDeque<Fact>>>,
+}
+
+impl Facts {
+    /// Writes a new version of `key`, valid from `now`. Returns its version.
+    pub fn put(&self, key: &str, value: Value, now: i64, rule: &str) -> Result<u64, FactError> {
+        if key.is_empty() || key.len() > 256 {
+            return Err(FactError::BadKey { len: key.len() });
+        }
+        let size = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
+        if size > MAX_VALUE_BYTES {
+            return Err(FactError::TooLarge {
+                key: key.to_owned(),
+                size,
+            });
+        }
+        let mut keys = self.keys.write();
+        if !keys.contains_key(key) && keys.len() >= MAX_KEYS {
+            return Err(FactError::TooManyKeys {
+                key: key.to_owned(),
+            });
+        }
+        let versions = keys.entry(key.to_owned()).or_default();
+        let version = versions.back().map_or(1, |f| f.version + 1);
+        if let Some(current) = versions.back_mut() {
+            current.valid_to = Some(now);
+        }
+        if versions.len() == MAX_VERSIONS {
+            versions.pop_front();
+        }
+        versions.push_back(Fact {
+            key: key.to_owned(),
+            version,
+            value,
+            valid_from: now,
+            valid_to: None,
+            written_by: rule.to_owned(),
+        });
+        Ok(version)
+    }
+
+    /// The current version of `key`.
+    pub fn get(&self, key: &str) -> Option<Fact> {
+        self.keys.read().get(key).and_then(|v| v.back().cloned())
+    }
+
+    /// Every kept version of `key`, oldest first.
+    pub fn history(&self, key: &str) -> Vec<Fact> {
+        self.keys
+            .read()
+            .get(key)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_close_each_other_and_nothing_is_overwritten() {
+        let facts = Facts::default();
+        assert_eq!(facts.put("k", 1.into(), 10, "r").unwrap(), 1);
+        assert_eq!(facts.put("k", 2.into(), 20, "r").unwrap(), 2);
+        let history = facts.history("k");
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0].valid_to, Some(20));
+        assert_eq!(history[0].value, 1);
+        assert_eq!(facts.get("k").unwrap().value, 2);
+        assert_eq!(facts.get("k").unwrap().valid_to, None);
+        assert!(facts.get("other").is_none());
+    }
+
+    #[test]
+    fn limits_are_errors() {
+        let facts = Facts::default();
+        let big = Value::String("x".repeat(MAX_VALUE_BYTES));
+        assert!(matches!(
+            facts.put("k", big, 0, "r"),
+            Err(FactError::TooLarge { .. })
+        ));
+        assert_eq!(
+            facts.put("", Value::Null, 0, "r"),
+            Err(FactError::BadKey { len: 0 })
+        );
+        for i in 0..MAX_VERSIONS + 5 {
+            facts.put("k", i.into(), i as i64, "r").unwrap();
+        }
+        let history = facts.history("k");
+        assert_eq!(history.len(), MAX_VERSIONS);
+        assert_eq!(history[0].version, 6);
+    }
+}

@@ -1,0 +1,305 @@
+//! Decisions: what the engine saw, considered, chose and did, and whether it
+//! worked, kept as records and emitted as rationale traces.
+//!
+//! - [`Decision`]: one decision's whole path, as the API shows it.
+//! - [`DecisionLog`]: the recent decisions, newest first, bounded.
+//! - [`trace`]: a decision as OpenTelemetry spans (the rationale trace).
+//! - [`export`]: sends those spans to an OTLP endpoint, batched, retried.
+//! - [`memory`]: versioned facts scripts remember.
+
+pub mod export;
+pub mod memory;
+pub mod trace;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use parking_lot::RwLock;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::act::config::Trigger;
+use crate::act::host::HostCall;
+use crate::act::sandbox::Reasoning;
+use crate::rules::AlertState;
+
+/// Decisions the log keeps (the dashboard shows the last 1000 actions).
+pub const DECISIONS_KEPT: usize = 1000;
+
+/// What the rule saw.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    pub sql: String,
+    /// The evaluation's window (UTC nanoseconds).
+    pub window_start: i64,
+    pub window_end: i64,
+    /// Rows the whole evaluation returned.
+    pub rows: usize,
+    /// The instance's state when the decision was made.
+    pub state: AlertState,
+    /// When the instance's episode started matching.
+    pub since: i64,
+    pub values: Map<String, Value>,
+    /// The instance's rows, up to the action's `evidence_rows`.
+    pub evidence: Vec<Map<String, Value>>,
+    /// Trace ids found in the evidence (`trace_id` and `trace_ids` columns).
+    pub evidence_trace_ids: Vec<String>,
+}
+
+/// Where a policy check left the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every policy passed: the action runs.
+    Allowed,
+    /// A policy stopped it (episode already acted on, cooldown, rate,
+    /// concurrency).
+    Suppressed,
+    AwaitingApproval,
+    /// A person approved it: the action runs.
+    Approved,
+    Denied,
+    /// Nobody answered the approval request in time.
+    Expired,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Suppressed => "suppressed",
+            Verdict::AwaitingApproval => "awaiting_approval",
+            Verdict::Approved => "approved",
+            Verdict::Denied => "denied",
+            Verdict::Expired => "expired",
+        }
+    }
+
+    /// Whether the action runs.
+    pub fn runs(self) -> bool {
+        matches!(self, Verdict::Allowed | Verdict::Approved)
+    }
+}
+
+/// One policy's verdict on a decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    /// `episode`, `cooldown`, `rate_limit`, `concurrency`, `approval`,
+    /// `dry_run`.
+    pub policy: &'static str,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// A human approval, asked and (perhaps) answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalRecord {
+    pub requested_at: i64,
+    pub expires_at: i64,
+    pub answered_at: Option<i64>,
+    pub approved: Option<bool>,
+    pub by: Option<String>,
+    pub comment: Option<String>,
+}
+
+/// The policies' verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Policy {
+    pub verdict: Verdict,
+    /// Why, in a sentence: "suppressed: cooldown until 2024-01-01T00:05:00Z".
+    pub reason: String,
+    pub checks: Vec<Check>,
+    pub dry_run: bool,
+    pub approval: Option<ApprovalRecord>,
+    /// When the verdict was final (after approval, if one was needed).
+    pub decided_at: i64,
+}
+
+/// How the run went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    /// The script chose to do nothing (`skip`).
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunError {
+    /// A stable name: `deadline`, `operations`, `call_depth`, `too_large`,
+    /// `capability_denied`, `host_timeout`, `host_error`, `script_error`.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// What happened when the action ran.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionRun {
+    pub script: String,
+    pub status: RunStatus,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub attempts: u32,
+    /// The script's last value.
+    pub value: Value,
+    pub error: Option<RunError>,
+    pub operations: u64,
+}
+
+/// Whether the action worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Not known yet: awaiting approval, running, or waiting to verify.
+    Pending,
+    /// The instance resolved within the expected time.
+    Effective,
+    /// It did not.
+    Ineffective,
+    /// Nothing to verify: nothing was done (suppressed, denied, expired,
+    /// skipped, failed, dry-run), or the action ran on resolve.
+    None,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Effective => "effective",
+            Outcome::Ineffective => "ineffective",
+            Outcome::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Some(match s {
+            "pending" => Outcome::Pending,
+            "effective" => Outcome::Effective,
+            "ineffective" => Outcome::Ineffective,
+            "none" => Outcome::None,
+            _ => return None,
+        })
+    }
+}
+
+/// The outcome check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verification {
+    /// The instance should have resolved by then (UTC nanoseconds).
+    pub deadline: i64,
+    /// What was expected: the script's `expect`, or the rule's
+    /// `verify_within`.
+    pub expected: String,
+    pub checked_at: Option<i64>,
+    /// When the instance resolved, if it did.
+    pub resolved_at: Option<i64>,
+    /// The escalation decision started because the action was ineffective.
+    pub escalation: Option<String>,
+}
+
+/// One decision's whole path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub id: String,
+    /// The rationale trace's id (lowercase hex).
+    pub trace_id: String,
+    pub rule: String,
+    pub fingerprint: String,
+    pub labels: BTreeMap<String, String>,
+    pub episode: u64,
+    pub trigger: Trigger,
+    /// When it was triggered (UTC nanoseconds).
+    pub at: i64,
+    pub detection: Detection,
+    pub policy: Policy,
+    /// Options considered, the choice, the expectation, skip, output.
+    pub reasoning: Reasoning,
+    pub host_calls: Vec<HostCall>,
+    pub run: Option<ActionRun>,
+    pub outcome: Outcome,
+    pub verification: Option<Verification>,
+    /// The decision whose ineffectiveness triggered this one.
+    pub escalates: Option<String>,
+    /// Last change (UTC nanoseconds).
+    pub updated_at: i64,
+}
+
+/// Filters of `GET /api/v1/decisions`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub rule: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub limit: usize,
+}
+
+/// The recent decisions, bounded to [`DECISIONS_KEPT`]; the oldest go first.
+#[derive(Debug)]
+pub struct DecisionLog {
+    decisions: RwLock<VecDeque<Decision>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for DecisionLog {
+    fn default() -> Self {
+        Self {
+            decisions: RwLock::new(VecDeque::new()),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl DecisionLog {
+    /// Adds a decision or replaces the one with the same id.
+    pub fn upsert(&self, decision: &Decision) {
+        {
+            let mut all = self.decisions.write();
+            match all.iter_mut().rev().find(|d| d.id == decision.id) {
+                Some(d) => *d = decision.clone(),
+                None => {
+                    if all.len() == DECISIONS_KEPT {
+                        all.pop_front();
+                    }
+                    all.push_back(decision.clone());
+                }
+            }
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Decision> {
+        self.decisions.read().iter().find(|d| d.id == id).cloned()
+    }
+
+    /// Newest first.
+    pub fn list(&self, filter: &Filter) -> Vec<Decision> {
+        self.decisions
+            .read()
+            .iter()
+            .rev()
+            .filter(|d| filter.rule.as_ref().is_none_or(|r| &d.rule == r))
+            .filter(|d| filter.outcome.is_none_or(|o| d.outcome == o))
+            .take(filter.limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Changes after every update: lets tests and the dashboard wait for
+    /// decisions instead of polling.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Waits until some decision satisfies `f`, and returns it.
+    pub async fn wait_for(&self, f: impl Fn(&Decision) -> bool) -> Decision {
+        let mut changes = self.subscribe();
+        loop {
+            if let Some(d) = self.decisions.read().iter().rev().find(|d| f(d)) {
+                return d.clone();
+            }
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
