@@ -438,13 +438,14 @@ impl Actor {
     }
 
     /// Records a decision that ends without running anything.
-    fn finish_without_run(&self, mut decision: Decision, now: i64) {
+    fn finish_without_run(&self, mut decision: Decision, now: i64) -> Decision {
         decision.outcome = Outcome::None;
         decision.updated_at = now;
         self.log.upsert(&decision);
         let mut spans = action_spans(&decision);
         spans.extend(closing_spans(&decision));
         self.sink.emit(spans, now, &self.metrics);
+        decision
     }
 
     /// Answers an approval request.
@@ -491,9 +492,7 @@ impl Actor {
                 reason: &prepared.decision.policy.reason,
             }
             .emit(&self.metrics);
-            let decision = prepared.decision.clone();
-            self.finish_without_run(prepared.decision, now);
-            return Ok((decision, None));
+            return Ok((self.finish_without_run(prepared.decision, now), None));
         }
         policy.verdict = Verdict::Approved;
         policy.reason = format!("approved by {who}");
@@ -515,9 +514,7 @@ impl Actor {
             let policy = &mut prepared.decision.policy;
             policy.verdict = Verdict::Suppressed;
             policy.reason = format!("suppressed after approval: {reason}");
-            let decision = prepared.decision.clone();
-            self.finish_without_run(prepared.decision, now);
-            return Ok((decision, None));
+            return Ok((self.finish_without_run(prepared.decision, now), None));
         }
         DecisionMade {
             rule: &prepared.decision.rule,

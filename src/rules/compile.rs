@@ -219,13 +219,15 @@ impl RulePlanner {
 
         let action = match &file.action {
             None => None,
-            Some(a) => match crate::act::config::compile(path, text, a, &self.limits, &mut hasher) {
-                Ok(a) => Some(a),
-                Err(problems) => {
-                    errors.extend(problems);
-                    None
+            Some(a) => {
+                match crate::act::config::compile(path, text, a, &self.limits, &mut hasher) {
+                    Ok(a) => Some(a),
+                    Err(problems) => {
+                        errors.extend(problems);
+                        None
+                    }
                 }
-            },
+            }
         };
 
         if !errors.is_empty() {

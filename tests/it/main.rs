@@ -2,11 +2,13 @@
 //! and talks to it over the network, as a user's SDK or Collector would.
 //! One test binary (not one per file) keeps linking time down.
 
+mod actions;
 mod backpressure;
 mod bad_input;
 mod common;
 mod config_files;
 mod docs;
 mod json;
+mod policies;
 mod rules;
 mod sdk;
