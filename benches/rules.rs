@@ -269,6 +269,7 @@ sql = "SELECT service_name, count(*) AS errors FROM spans WHERE status_code = 'E
         ..Default::default()
     };
     let running = homeostat::server::start(config).await.unwrap();
+    homeostat::act::host::install_crypto_provider();
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/traces", running.otlp_http);
     let mut events = running.rules.subscribe();

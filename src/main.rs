@@ -82,6 +82,8 @@ struct QueryArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // TLS (webhooks, OTLP export, Kubernetes) uses ring, chosen once here.
+    homeostat::act::host::install_crypto_provider();
     // A server logs what it does; a command only its warnings.
     let default_level = match cli.command {
         Command::Run(_) => "info",

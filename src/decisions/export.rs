@@ -39,8 +39,7 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// longer one gets the batch given up rather than the queue held.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-const TLS_NOT_BUILT_IN: &str =
-    "TLS is not built into Homeostat: use http:// (e.g. a local OpenTelemetry Collector)";
+const GRPC_TLS_NOT_BUILT_IN: &str = "TLS for OTLP/gRPC is not built into Homeostat: use http/protobuf for an https:// endpoint, or http:// (e.g. a local OpenTelemetry Collector)";
 
 /// The OTLP transport, named as the `OTEL_EXPORTER_OTLP_PROTOCOL` spec spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -74,7 +73,8 @@ pub struct ExportConfig {
     /// protocols, a URL with a path other than `/` is the traces endpoint
     /// itself (`http://collector:4318/custom/traces`); otherwise `/v1/traces`
     /// is appended (`http://collector:4318` posts to `.../v1/traces`). For
-    /// grpc, `http://host:4317`. Only `http://`: TLS is not built in.
+    /// grpc, `http://host:4317`. `https://` works with the HTTP protocols
+    /// (certificates checked against the system's roots), not with grpc.
     pub endpoint: Option<String>,
     /// `grpc`, `http/protobuf` (default) or `http/json`.
     pub protocol: Protocol,
@@ -220,10 +220,13 @@ impl ExportConfig {
     /// and values, non-zero sizes and timeout, a batch no larger than the queue.
     pub fn validate(&self) -> Result<(), ExportConfigError> {
         let invalid = |key, message: String| Err(ExportConfigError::Invalid { key, message });
-        if let Some(endpoint) = &self.endpoint
-            && let Err(m) = check_endpoint(endpoint)
-        {
-            return invalid("endpoint", format!("{endpoint:?}: {m}"));
+        if let Some(endpoint) = &self.endpoint {
+            if let Err(m) = check_endpoint(endpoint) {
+                return invalid("endpoint", format!("{endpoint:?}: {m}"));
+            }
+            if self.protocol == Protocol::Grpc && endpoint.starts_with("https:") {
+                return invalid("endpoint", format!("{endpoint:?}: {GRPC_TLS_NOT_BUILT_IN}"));
+            }
         }
         for (name, value) in &self.headers {
             if let Err(m) = check_header(name, value) {
@@ -282,7 +285,7 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
     match url.scheme() {
         "http" if url.host().is_some() => Ok(()),
         "http" => Err("no host".into()),
-        "https" => Err(TLS_NOT_BUILT_IN.into()),
+        "https" if url.host().is_some() => Ok(()),
         other => Err(format!("unsupported scheme {other:?}: use http://")),
     }
 }
@@ -629,6 +632,7 @@ impl Transport {
         if gzip {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
+        crate::act::host::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()
@@ -999,12 +1003,15 @@ mod tests {
             "http://h:4318/v1/traces"
         );
         let https = ExportConfig::default()
-            .with_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")]));
-        let error = https.expect_err("no TLS").to_string();
-        assert!(
-            error.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && error.contains("TLS is not built"),
-            "{error}"
-        );
+            .with_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")]))
+            .expect("https over HTTP");
+        assert_eq!(https.endpoint.as_deref(), Some("https://c:4318/v1/traces"));
+        let grpc = ExportConfig::default().with_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]));
+        let error = grpc.expect_err("no TLS for gRPC").to_string();
+        assert!(error.contains("TLS for OTLP/gRPC is not built"), "{error}");
     }
 
     #[test]
@@ -1084,10 +1091,11 @@ mod tests {
         assert!(toml::from_str::<ExportConfig>("endpoints = \"x\"").is_err());
         let https = ExportConfig {
             endpoint: Some("https://c:4318".into()),
+            protocol: Protocol::Grpc,
             ..Default::default()
         };
-        let error = https.validate().expect_err("no TLS").to_string();
-        assert!(error.contains("TLS is not built"), "{error}");
+        let error = https.validate().expect_err("no TLS for gRPC").to_string();
+        assert!(error.contains("TLS for OTLP/gRPC is not built"), "{error}");
     }
 
     fn spans(service: &str, trace: u8, names: &[&str]) -> ResourceSpans {

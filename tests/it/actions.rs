@@ -14,7 +14,6 @@ use axum::routing::post;
 use homeostat::decisions::export::ExportConfig;
 use homeostat::decisions::{Decision, Outcome, RunStatus, Verdict};
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use crate::common::{Instance, python, start_with};
 
@@ -23,21 +22,18 @@ pub struct Webhook {
     pub url: String,
     pub calls: Arc<AtomicUsize>,
     pub bodies: Arc<parking_lot::Mutex<Vec<Value>>>,
-    pub called: Arc<Notify>,
 }
 
 pub async fn webhook() -> Webhook {
     let calls = Arc::new(AtomicUsize::new(0));
     let bodies = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let called = Arc::new(Notify::new());
-    let (c, b, n) = (calls.clone(), bodies.clone(), called.clone());
+    let (c, b) = (calls.clone(), bodies.clone());
     let app = Router::new()
         .route(
             "/hook",
             post(move |body: axum::Json<Value>| async move {
                 b.lock().push(body.0);
                 c.fetch_add(1, Ordering::SeqCst);
-                n.notify_waiters();
                 axum::Json(serde_json::json!({ "ok": true }))
             }),
         )
@@ -51,12 +47,7 @@ pub async fn webhook() -> Webhook {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Webhook {
-        url,
-        calls,
-        bodies,
-        called,
-    }
+    Webhook { url, calls, bodies }
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) {

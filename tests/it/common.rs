@@ -53,6 +53,7 @@ pub async fn start() -> Instance {
 }
 
 pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Instance {
+    homeostat::act::host::install_crypto_provider();
     let mut config = local_config();
     adjust(&mut config);
     let running = server::start(config).await.expect("instance starts");

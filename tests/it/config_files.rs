@@ -86,6 +86,7 @@ async fn the_binary_runs_queries_and_stops_on_sigterm() {
             break line[at..].split_whitespace().next().unwrap().to_owned();
         }
     };
+    homeostat::act::host::install_crypto_provider();
     let ready = reqwest::get(format!("http://{api}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
 

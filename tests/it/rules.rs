@@ -141,12 +141,14 @@ fn a_failing_rule_test_names_the_file_the_test_and_the_difference() {
     let d = dir.path();
     let rule = std::fs::read_to_string(Path::new(RULES).join("checkout_error_ratio.toml"))
         .unwrap()
-        .replace("> 0.05", "> 0.5")
-        .replace(
-            "[action]\nscript = \"actions/restart_deployment.rhai\"\n",
-            "",
-        );
+        .replace("> 0.05", "> 0.5");
     write(d, "checkout_error_ratio.toml", &rule);
+    std::fs::create_dir(d.join("actions")).unwrap();
+    std::fs::copy(
+        Path::new(RULES).join("actions/restart_deployment.rhai"),
+        d.join("actions/restart_deployment.rhai"),
+    )
+    .unwrap();
     let test =
         std::fs::read_to_string(Path::new(RULES).join("tests/checkout_error_ratio.test.toml"))
             .unwrap();
@@ -160,6 +162,11 @@ fn a_failing_rule_test_names_the_file_the_test_and_the_difference() {
     );
     assert!(
         out.contains("at 35s rule checkout_error_ratio:\n    expected: {service_name=\"checkout\"} pending\n    got:      (no alerts)"),
+        "{out}"
+    );
+    // The expected action is missing too, and said so.
+    assert!(
+        out.contains("rule checkout_error_ratio: expected 1 decisions, got 0"),
         "{out}"
     );
     assert!(out.contains("1 passed, 1 failed"), "{out}");

@@ -53,6 +53,7 @@ const CREDENTIAL_HEADERS: [HeaderName; 3] = [
 ];
 
 static CLIENT: LazyLock<Client> = LazyLock::new(|| {
+    super::install_crypto_provider();
     Client::builder()
         .user_agent(concat!("homeostat/", env!("CARGO_PKG_VERSION")))
         .no_proxy()
@@ -61,7 +62,7 @@ static CLIENT: LazyLock<Client> = LazyLock::new(|| {
         // or outlives the runtime it was opened on.
         .pool_max_idle_per_host(0)
         .build()
-        .expect("a client without TLS or proxy settings always builds")
+        .expect("a client with the process's crypto provider and no proxy always builds")
 });
 
 pub fn module() -> Module {

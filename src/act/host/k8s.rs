@@ -342,9 +342,7 @@ async fn client() -> Result<Client, String> {
                 .map_err(|e| format!("no Kubernetes credentials: {}", chain(&e)))
         })
         .await?;
-    // rustls wants one crypto provider per process; ring is the one built.
-    // Already installed (by a previous call) is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    super::install_crypto_provider();
     Client::try_from(config.clone())
         .map_err(|e| format!("cannot build the Kubernetes client: {}", chain(&e)))
 }

@@ -37,6 +37,13 @@ pub fn register(engine: &mut rhai::Engine) {
     engine.register_static_module("k8s", k8s::module().into());
 }
 
+/// Installs ring as the process's TLS crypto provider (rustls wants one per
+/// process; ring is the one built). Idempotent.
+pub fn install_crypto_provider() {
+    // Already installed (by an earlier call) is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// What a rule grants its script, from its `[action]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Capabilities {

@@ -1,0 +1,265 @@
+//! What acting costs beyond the script itself.
+//!
+//! `cargo bench --bench actions` prints, next to baselines measured in the
+//! same run:
+//! 1. per action: from an instance's firing transition handed to the actor
+//!    to its decision recorded with its result and rationale spans (policies,
+//!    decision record, alert value, the hop to a script thread, sandbox set-up,
+//!    spans built and stored in the local `spans` table), for a script that
+//!    does nothing (`1`); baseline: evaluating that script with the same
+//!    `alert` in a bare Rhai engine on the calling thread;
+//! 2. per host call: the bookkeeping of a host call without its I/O (a
+//!    dry-run `http::post`: capability check, record, dry value), against a
+//!    call to a native function that does nothing, in the same sandbox.
+//!
+//! Target: at most 100 µs of overhead per action. Under `cargo test
+//! --benches` it runs a few iterations and checks the answers, without
+//! timing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use homeostat::act::actor::{Actor, Clock, TraceSink};
+use homeostat::act::config::ActionLimits;
+use homeostat::act::host::{CallLimits, CallStatus, Capabilities, RunContext};
+use homeostat::act::sandbox::{RunSpec, Sandbox, compile};
+use homeostat::decisions::memory::Facts;
+use homeostat::decisions::{DecisionLog, Filter, RunStatus};
+use homeostat::ingest::now_nanos;
+use homeostat::internal_events::Metrics;
+use homeostat::rules::state::{Event, Transition};
+use homeostat::rules::{AlertState, RuleEngine, RuleEvent};
+use homeostat::store::{Store, StoreOptions};
+
+const RULE: &str = r#"
+every = "10s"
+window = "1m"
+sql = "SELECT service_name, count(*) AS errors FROM spans GROUP BY service_name"
+
+[action]
+max_concurrent = 4
+inline = "1"
+"#;
+
+fn store() -> Arc<Store> {
+    Arc::new(Store::new(StoreOptions {
+        memory_budget: 4 << 30,
+        retention: Duration::from_secs(3600),
+        partition: Duration::from_secs(60),
+    }))
+}
+
+/// A firing transition of instance `i` of `rule`, with a one-row evidence
+/// batch as an evaluation gives.
+fn event(rule: &Arc<homeostat::rules::CompiledRule>, i: usize) -> RuleEvent {
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    let service = format!("service-{i}");
+    let evidence = RecordBatch::try_new(
+        rule.output.clone(),
+        vec![
+            Arc::new(StringArray::from(vec![service.clone()])),
+            Arc::new(Int64Array::from(vec![42])),
+        ],
+    )
+    .expect("the rule's own schema");
+    let mut values = serde_json::Map::new();
+    values.insert("errors".into(), 42.into());
+    RuleEvent {
+        rule: rule.clone(),
+        event: Event {
+            fingerprint: format!("{i:016x}"),
+            labels: [("service_name".to_owned(), service)].into(),
+            episode: 1,
+            transition: Transition {
+                at: now_nanos(),
+                evaluation: 1,
+                from: AlertState::Pending,
+                to: AlertState::Firing,
+                values,
+            },
+        },
+        evidence: Arc::new(evidence),
+    }
+}
+
+/// Per-action time of `n` actions handed over one after the other.
+async fn actions(n: usize) -> Duration {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("bench.toml"), RULE).expect("rule written");
+    let store = store();
+    let metrics = Arc::new(Metrics::new());
+    let engine =
+        RuleEngine::new(dir.path().to_owned(), &store, metrics.clone()).expect("rule engine");
+    let report = engine.reload().await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    let rule = engine.rule("bench").expect("loaded").rule;
+    let actor = Arc::new(
+        Actor::new(
+            ActionLimits::default(),
+            Arc::new(DecisionLog::default()),
+            Arc::new(Facts::default()),
+            TraceSink {
+                store: Some(store.clone()),
+                exporter: None,
+            },
+            metrics,
+            Clock::Wall,
+        )
+        .expect("actor"),
+    );
+    let events: Vec<RuleEvent> = (0..n).map(|i| event(&rule, i)).collect();
+    let started = Instant::now();
+    for e in &events {
+        for run in actor.on_event(e, now_nanos()) {
+            run.await.expect("the action task");
+        }
+    }
+    let elapsed = started.elapsed();
+    // Check the answer: every action ran, and its spans are stored.
+    let decisions = actor.log().list(&Filter {
+        limit: n,
+        ..Default::default()
+    });
+    assert_eq!(decisions.len(), n.min(homeostat::decisions::DECISIONS_KEPT));
+    assert!(
+        decisions.iter().all(|d| d
+            .run
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Succeeded)),
+        "{:?}",
+        decisions.first()
+    );
+    let (_, rows) = store.table(homeostat::ingest::Signal::Traces).usage();
+    // Detection, policy and action spans; the root waits for verification.
+    assert_eq!(rows as usize, 3 * n);
+    elapsed / n as u32
+}
+
+/// The same script and alert in a bare engine.
+fn bare_eval(n: usize) -> Duration {
+    let engine = rhai::Engine::new();
+    let ast = engine.compile("1").expect("compiles");
+    let alert = rhai::serde::to_dynamic(serde_json::json!({
+        "rule": "bench", "labels": {"service_name": "service-1"}, "values": {"errors": 42}
+    }))
+    .expect("alert");
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut scope = rhai::Scope::new();
+        scope.push_constant("alert", alert.clone());
+        let v: i64 = engine.eval_ast_with_scope(&mut scope, &ast).expect("runs");
+        assert_eq!(v, 1);
+    }
+    started.elapsed() / n as u32
+}
+
+/// Time per call of a script making `calls` calls, in the sandbox.
+fn per_call(
+    source: &str,
+    calls: usize,
+    runs: usize,
+    runtime: &tokio::runtime::Runtime,
+) -> Duration {
+    let limits = ActionLimits::default();
+    let sandbox = Sandbox::new(&limits);
+    let ast = compile(source).expect("compiles");
+    let started = Instant::now();
+    for _ in 0..runs {
+        let context = RunContext {
+            capabilities: Arc::new(Capabilities {
+                http: vec!["http://127.0.0.1:9/".into()],
+                ..Default::default()
+            }),
+            limits: CallLimits {
+                timeout: Duration::from_secs(1),
+                max_output: 1 << 20,
+            },
+            dry_run: true,
+            runtime: runtime.handle().clone(),
+            facts: Arc::new(Facts::default()),
+            rule: "bench".into(),
+            attempt: 1,
+            calls: Vec::new(),
+            last_failure: None,
+        };
+        let report = sandbox.run(
+            &ast,
+            rhai::Dynamic::UNIT,
+            RunSpec {
+                timeout: Duration::from_secs(60),
+                max_operations: 100_000_000,
+                context,
+            },
+        );
+        assert!(report.result.is_ok(), "{:?}", report.result);
+        if source.contains("http::") {
+            assert_eq!(report.calls.len(), calls);
+            assert!(report.calls.iter().all(|c| c.status == CallStatus::DryRun));
+        }
+    }
+    started.elapsed() / (runs * calls) as u32
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    let timing = std::env::args().any(|a| a == "--bench");
+    let (n, calls, runs) = if timing {
+        (5_000, 1_000, 20)
+    } else {
+        (20, 10, 1)
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    // Warm up, then measure.
+    runtime.block_on(actions(n.min(100)));
+    let action = runtime.block_on(actions(n));
+    let bare = bare_eval(n);
+    let native = format!("let s = \"\"; for i in 0..{calls} {{ s.len(); }}");
+    let host_body =
+        format!("for i in 0..{calls} {{ http::post(\"http://127.0.0.1:9/hook\", #{{}}); }}");
+    // The baseline: a native function with next to nothing to do.
+    let noop = per_call(&native, calls, runs, &runtime);
+    let host = per_call(&host_body, calls, runs, &runtime);
+
+    if !timing {
+        println!(
+            "actions bench: answers checked (run with `cargo bench --bench actions` for figures)"
+        );
+        return;
+    }
+    let overhead = action.saturating_sub(bare);
+    println!();
+    println!("Acting, beyond the script itself ({n} actions, {calls} host calls x {runs} runs)");
+    println!("| measure | time | baseline | ratio | overhead |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| one action, firing to recorded result (script `1`) | {} | bare Rhai eval {} | {:.0}x | {} |",
+        micros(action),
+        micros(bare),
+        action.as_secs_f64() / bare.as_secs_f64(),
+        micros(overhead),
+    );
+    println!(
+        "| one host call, dry-run http::post (no I/O) | {} | native fn call {} | {:.1}x | {} |",
+        micros(host),
+        micros(noop),
+        host.as_secs_f64() / noop.as_secs_f64(),
+        micros(host.saturating_sub(noop)),
+    );
+    println!();
+    println!(
+        "Target: at most 100 µs per action: {}",
+        if overhead <= Duration::from_micros(100) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}
