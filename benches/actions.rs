@@ -19,12 +19,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use homeostat::act::actor::{Actor, Clock, TraceSink};
+use homeostat::act::actor::{Actor, Clock};
 use homeostat::act::config::ActionLimits;
 use homeostat::act::host::{CallLimits, CallStatus, Capabilities, RunContext};
 use homeostat::act::sandbox::{RunSpec, Sandbox, compile};
 use homeostat::decisions::memory::Facts;
-use homeostat::decisions::{DecisionLog, Filter, RunStatus};
+use homeostat::decisions::{Filter, RunStatus};
 use homeostat::ingest::now_nanos;
 use homeostat::internal_events::Metrics;
 use homeostat::rules::state::{Event, Transition};
@@ -93,20 +93,7 @@ async fn actions(n: usize) -> Duration {
     let report = engine.reload().await;
     assert!(report.errors.is_empty(), "{report:?}");
     let rule = engine.rule("bench").expect("loaded").rule;
-    let actor = Arc::new(
-        Actor::new(
-            ActionLimits::default(),
-            Arc::new(DecisionLog::default()),
-            Arc::new(Facts::default()),
-            TraceSink {
-                store: Some(store.clone()),
-                exporter: None,
-            },
-            metrics,
-            Clock::Wall,
-        )
-        .expect("actor"),
-    );
+    let actor = Arc::new(Actor::standalone(store.clone(), metrics, Clock::Wall).expect("actor"));
     let events: Vec<RuleEvent> = (0..n).map(|i| event(&rule, i)).collect();
     let started = Instant::now();
     for e in &events {

@@ -150,9 +150,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         )
         .map_err(|source| ServerError::Actions { source })?,
     );
-    let (acting, token, watched) = (actor.clone(), shutdown.clone(), rules.clone());
+    let acting = actor.clone().run(rules.clone(), shutdown.clone());
     tasks.spawn(async move {
-        acting.run(watched, token).await;
+        acting.await;
         Ok(())
     });
 

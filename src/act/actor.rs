@@ -41,7 +41,7 @@ use crate::ingest::{ExportRequest, Signal, now_nanos};
 use crate::internal_events::{
     ActionRan, ApprovalsPending, DecisionMade, DecisionSpansDropped, Metrics, OutcomeVerified,
 };
-use crate::rules::engine::RuleEvent;
+use crate::rules::engine::{Executor, RuleEvent};
 use crate::rules::eval::row_json;
 use crate::rules::{AlertState, CompiledRule, RuleEngine};
 use crate::store::Store;
@@ -135,40 +135,16 @@ pub enum ApprovalError {
     NotFound(String),
 }
 
-/// The threads scripts run on, with their host I/O.
-struct ScriptRuntime {
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl ScriptRuntime {
-    fn new(limits: &ActionLimits) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The threads scripts run on (blocking threads with a roomy stack), and
+/// their host I/O (one worker).
+fn script_runtime(limits: &ActionLimits) -> std::io::Result<Executor> {
+    Executor::build(
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(limits.max_concurrent.max(1) + 1)
             .thread_stack_size(super::SCRIPT_STACK)
-            .thread_name("homeostat-actions")
-            .enable_all()
-            .build()?;
-        Ok(Self {
-            runtime: Some(runtime),
-        })
-    }
-
-    fn handle(&self) -> tokio::runtime::Handle {
-        self.runtime
-            .as_ref()
-            .expect("present until dropped")
-            .handle()
-            .clone()
-    }
-}
-
-impl Drop for ScriptRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
+            .thread_name("homeostat-actions"),
+    )
 }
 
 pub struct Actor {
@@ -177,7 +153,7 @@ pub struct Actor {
     log: Arc<DecisionLog>,
     facts: Arc<Facts>,
     sink: TraceSink,
-    scripts: ScriptRuntime,
+    scripts: Executor,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     clock: Clock,
@@ -202,7 +178,7 @@ impl Actor {
     ) -> std::io::Result<Self> {
         Ok(Self {
             sandbox: Arc::new(Sandbox::new(&limits)),
-            scripts: ScriptRuntime::new(&limits)?,
+            scripts: script_runtime(&limits)?,
             limits,
             log,
             facts,
@@ -214,6 +190,27 @@ impl Actor {
             nonce: format!("{}.{}", std::process::id(), now_nanos()),
             counter: AtomicU64::new(0),
         })
+    }
+
+    /// An actor with the default limits, a fresh decision log and facts,
+    /// whose rationale spans go to `store` only: what `homeostat test`,
+    /// benches and tests drive.
+    pub fn standalone(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> std::io::Result<Self> {
+        Self::new(
+            ActionLimits::default(),
+            Arc::new(DecisionLog::default()),
+            Arc::new(Facts::default()),
+            TraceSink {
+                store: Some(store),
+                exporter: None,
+            },
+            metrics,
+            clock,
+        )
     }
 
     /// Runs every action in dry-run, whatever its rule says.
@@ -243,9 +240,24 @@ impl Actor {
     }
 
     /// Reacts to alert transitions as they happen, and to time (repeats,
-    /// approval expiry, outcome deadlines), until `shutdown`.
-    pub async fn run(self: Arc<Self>, rules: Arc<RuleEngine>, shutdown: CancellationToken) {
-        let mut events = rules.subscribe();
+    /// approval expiry, outcome deadlines), until `shutdown`. Subscribes to
+    /// the transitions when called, not when first polled, so that none
+    /// is missed in between.
+    pub fn run(
+        self: Arc<Self>,
+        rules: Arc<RuleEngine>,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let events = rules.subscribe();
+        self.react(rules, events, shutdown)
+    }
+
+    async fn react(
+        self: Arc<Self>,
+        rules: Arc<RuleEngine>,
+        mut events: tokio::sync::broadcast::Receiver<RuleEvent>,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -308,7 +320,7 @@ impl Actor {
         if !action.on.contains(&trigger) {
             return Vec::new();
         }
-        let detection = detection(rule, action, &event.evidence, e, now);
+        let detection = detection(rule, action, &event.evidence, e);
         self.decide(
             rule.clone(),
             &e.fingerprint,
@@ -870,7 +882,28 @@ impl Actor {
 
     fn repeats(self: &Arc<Self>, rules: &RuleEngine, now: i64) -> Vec<JoinHandle<()>> {
         let mut due = Vec::new();
-        for (name, loaded) in rules.rules() {
+        let rules = rules.rules();
+        // Forget instances that are gone or no longer firing (the rule's
+        // lock is never held with the actor's).
+        let firing: std::collections::HashSet<(String, String)> = rules
+            .iter()
+            .filter(|(_, r)| r.rule.action.is_some())
+            .flat_map(|(name, r)| {
+                r.runtime
+                    .lock()
+                    .state
+                    .instances
+                    .values()
+                    .filter(|i| i.state == AlertState::Firing)
+                    .map(|i| (name.clone(), i.fingerprint.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.state
+            .lock()
+            .repeats
+            .retain(|key, _| firing.contains(key));
+        for (name, loaded) in rules {
             let Some(action) = &loaded.rule.action else {
                 continue;
             };
@@ -939,7 +972,6 @@ fn detection(
     action: &CompiledAction,
     evidence: &RecordBatch,
     e: &crate::rules::state::Event,
-    _now: i64,
 ) -> Detection {
     let window = rule.window_at(e.transition.at);
     let mut own = Vec::new();

@@ -183,7 +183,7 @@ impl Default for ActionLimits {
             max_output: bytesize::ByteSize::mib(1),
             max_call_depth: 32,
             max_string_size: 1 << 20,
-            max_array_size: 100_000,
+            max_array_size: 10_000,
             max_map_size: 10_000,
             max_concurrent: 16,
             concurrent_per_rule: 1,

@@ -435,6 +435,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn host_calls_per_run_are_bounded() {
+        let r = run_script(
+            "loop { memory::put(\"k\", 1); }",
+            Capabilities::default(),
+            true,
+        );
+        assert_eq!(kind(&r), "capability_denied", "{:?}", r.result);
+        assert_eq!(r.calls.len(), crate::act::host::MAX_CALLS_PER_RUN + 1);
+        let last = r.calls.last().unwrap();
+        assert!(
+            last.error
+                .as_ref()
+                .unwrap()
+                .contains("more than 100 host calls")
+        );
+    }
+
+    #[test]
     fn skip_ends_the_script_without_error() {
         let r = run_script(
             r#"skip("nothing to do"); http::get("http://x/")"#,

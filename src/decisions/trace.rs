@@ -242,25 +242,25 @@ pub fn action_spans(d: &Decision) -> Vec<Span> {
         if let Some(e) = &run.error {
             act.attributes.push(text("error.type", e.kind));
         }
-        let considered = d.reasoning.considered.iter().map(|c| Event {
+        let option = |name: &str, c: &crate::act::sandbox::Considered| Event {
             time_unix_nano: nanos(run.started_at),
-            name: "homeostat.option.considered".into(),
+            name: name.into(),
             attributes: vec![
                 text("homeostat.option", &c.option),
                 text("homeostat.option.reason", &c.reason),
             ],
             dropped_attributes_count: 0,
-        });
-        let chosen = d.reasoning.decision.iter().map(|c| Event {
-            time_unix_nano: nanos(run.started_at),
-            name: "homeostat.option.chosen".into(),
-            attributes: vec![
-                text("homeostat.option", &c.option),
-                text("homeostat.option.reason", &c.reason),
-            ],
-            dropped_attributes_count: 0,
-        });
-        act.events = considered.chain(chosen).collect();
+        };
+        let considered = d.reasoning.considered.iter();
+        act.events = considered
+            .map(|c| option("homeostat.option.considered", c))
+            .chain(
+                d.reasoning
+                    .decision
+                    .iter()
+                    .map(|c| option("homeostat.option.chosen", c)),
+            )
+            .collect();
         act.status = status(run.error.as_ref().map(|e| e.message.clone()));
         let act_id = act.span_id.clone();
         spans.push(act);

@@ -402,13 +402,17 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(threads: usize) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .thread_name("homeostat-rules")
-            .enable_all()
-            .build()?;
+        Self::build(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .thread_name("homeostat-rules"),
+        )
+    }
+
+    /// A runtime of one's own from `builder` (timers and I/O enabled).
+    pub fn build(builder: &mut tokio::runtime::Builder) -> std::io::Result<Self> {
         Ok(Self {
-            runtime: Some(runtime),
+            runtime: Some(builder.enable_all().build()?),
         })
     }
 

@@ -37,10 +37,8 @@ use std::sync::atomic::AtomicI64;
 use super::engine::RuleEngine;
 use super::file::{RuleError, TEST_SUFFIX};
 use super::state::AlertState;
-use crate::act::actor::{Actor, Clock, TraceSink};
-use crate::act::config::ActionLimits;
+use crate::act::actor::{Actor, Clock};
 use crate::decisions::DecisionLog;
-use crate::decisions::memory::Facts;
 use crate::ingest::ExportRequest;
 use crate::internal_events::Metrics;
 use crate::store::{Store, StoreOptions};
@@ -302,19 +300,9 @@ async fn run_case(rules_dir: &Path, base: &Path, case: &TestCase) -> Result<Vec<
         .map_err(|e| format!("cannot set up the rule engine: {e}"))?;
     let clock = Arc::new(AtomicI64::new(ORIGIN));
     let actor = Arc::new(
-        Actor::new(
-            ActionLimits::default(),
-            Arc::new(DecisionLog::default()),
-            Arc::new(Facts::default()),
-            TraceSink {
-                store: Some(store.clone()),
-                exporter: None,
-            },
-            metrics,
-            Clock::Virtual(clock.clone()),
-        )
-        .map_err(|e| format!("cannot start the action threads: {e}"))?
-        .dry_run_all(),
+        Actor::standalone(store.clone(), metrics, Clock::Virtual(clock.clone()))
+            .map_err(|e| format!("cannot start the action threads: {e}"))?
+            .dry_run_all(),
     );
     let mut events = engine.subscribe();
     let report = engine.reload().await;

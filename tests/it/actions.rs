@@ -524,3 +524,138 @@ async fn approvals_over_the_api() {
             .is_empty()
     );
 }
+
+#[test]
+fn check_names_each_bad_action_setting_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = r#"every = "10s"
+sql = "SELECT service_name FROM spans GROUP BY service_name"
+
+[action]
+on = ["firing", "repeat"]
+timeout = "1h"
+http = ["https://hooks.example.com"]
+exec = ["kubectl"]
+inline = """
+let x = 1;
+let = ;
+"""
+"#;
+    write(dir.path(), "bad.toml", rule);
+    write(
+        dir.path(),
+        "good.toml",
+        "sql = \"SELECT 1 AS n\"\n[action]\ninline = \"1\"\nk8s = [\"shop\"]\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["check", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    let file = dir.path().join("bad.toml");
+    let file = file.display();
+    for expected in [
+        format!("{file}:5: on = [\"repeat\"] needs repeat_every"),
+        format!("{file}:6: timeout must be between 0s and 5m"),
+        format!("{file}:7: http prefix \"https://hooks.example.com\" must include a path"),
+        format!("{file}:8: exec program kubectl must be an absolute path"),
+        format!("{file}:11: script error"),
+    ] {
+        assert!(text.contains(&expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.contains("5 problems found"), "{text}");
+}
+
+/// Fires once spans of service `homeostat` arrive: lets the test wait for
+/// the rationale spans by the receiver's own transitions.
+const RATIONALE_ARRIVED: &str = r#"
+every = "1s"
+window = "1h"
+sql = "SELECT span_name FROM spans WHERE service_name = 'homeostat' AND span_name = 'homeostat.act' GROUP BY span_name"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_exports_rationale_traces_where_otel_variables_say() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let receiver_rules = tempfile::tempdir().unwrap();
+    write(receiver_rules.path(), "arrived.toml", RATIONALE_ARRIVED);
+    let rules_dir = receiver_rules.path().to_owned();
+    let receiver = start_with(|c| c.rules = rules_dir).await;
+    let mut arrivals = receiver.running.rules.subscribe();
+
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "any.toml",
+        "every = \"1s\"\nwindow = \"1h\"\nsql = \"SELECT service_name FROM spans WHERE service_name = 'target' GROUP BY service_name\"\n[action]\ninline = \"decide(\\\"note\\\", \\\"seen\\\"); 1\"\n",
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args([
+            "run",
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--otlp-http",
+            "127.0.0.1:0",
+        ])
+        .args(["--api", "127.0.0.1:0", "--rules"])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .env("HOMEOSTAT_LOG", "info")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", receiver.running.otlp_grpc),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let http = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("homeostat exited before ready");
+        if line.contains("homeostat is ready") {
+            let at = line.find("otlp_http=").expect("address in the ready line") + 10;
+            break line[at..].split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let sent = receiver
+        .client
+        .post(format!("http://{http}/v1/traces"))
+        .header("content-type", "application/json")
+        .body(crate::common::spans_now_json("target"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let e = arrivals.recv().await.expect("receiver running");
+            if e.event.transition.to == homeostat::rules::AlertState::Firing {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("rationale spans reach the receiver named by OTEL_EXPORTER_OTLP_ENDPOINT");
+    let spans = receiver
+        .query(
+            "SELECT span_name, attributes['homeostat.choice'] AS choice FROM spans \
+             WHERE service_name = 'homeostat' AND span_name = 'homeostat.act'",
+        )
+        .await;
+    assert_eq!(spans.rows.len(), 1);
+    assert_eq!(spans.get(0, "choice"), "note");
+}

@@ -6,10 +6,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use homeostat::act::actor::{Actor, Clock, TraceSink};
-use homeostat::act::config::{ActionLimits, Trigger};
-use homeostat::decisions::memory::Facts;
-use homeostat::decisions::{Decision, DecisionLog, Filter, Outcome, RunStatus, Verdict};
+use homeostat::act::actor::{Actor, Clock};
+use homeostat::act::config::Trigger;
+use homeostat::decisions::{Decision, Filter, Outcome, RunStatus, Verdict};
 use homeostat::ingest::ExportRequest;
 use homeostat::internal_events::Metrics;
 use homeostat::rules::{RuleEngine, RuleEvent};
@@ -52,18 +51,7 @@ impl Sim {
         assert!(report.errors.is_empty(), "{report:?}");
         let clock = Arc::new(AtomicI64::new(ORIGIN));
         let actor = Arc::new(
-            Actor::new(
-                ActionLimits::default(),
-                Arc::new(DecisionLog::default()),
-                Arc::new(Facts::default()),
-                TraceSink {
-                    store: Some(store.clone()),
-                    exporter: None,
-                },
-                metrics,
-                Clock::Virtual(clock.clone()),
-            )
-            .unwrap(),
+            Actor::standalone(store.clone(), metrics, Clock::Virtual(clock.clone())).unwrap(),
         );
         let events = engine.subscribe();
         Sim {

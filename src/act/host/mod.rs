@@ -28,6 +28,10 @@ use serde::Serialize;
 use crate::decisions::memory::Facts;
 use crate::ingest::now_nanos;
 
+/// Host calls one run may make: each is recorded and becomes a span, so a
+/// script calling in a loop is stopped rather than flooding its decision.
+pub const MAX_CALLS_PER_RUN: usize = 100;
+
 /// Registers every host module on the engine, each under its own name
 /// (`http::post(...)`). Adding a module is one line here.
 pub fn register(engine: &mut rhai::Engine) {
@@ -246,7 +250,7 @@ where
     F: FnOnce(CallEnv) -> Fut,
     Fut: Future<Output = Result<Answer, HostError>>,
 {
-    let (env, dry_run, runtime, attempt) = with_context(|c| {
+    let (env, dry_run, runtime, attempt, made) = with_context(|c| {
         (
             CallEnv {
                 capabilities: c.capabilities.clone(),
@@ -257,12 +261,22 @@ where
             c.dry_run,
             c.runtime.clone(),
             c.attempt,
+            c.calls.len(),
         )
     })?;
     let started_at = now_nanos();
     let started = Instant::now();
     let timeout = env.limits.timeout;
-    let outcome = match allow(&env) {
+    let within_budget = || {
+        if made >= MAX_CALLS_PER_RUN {
+            Err(call.denied(format!(
+                "more than {MAX_CALLS_PER_RUN} host calls in one run"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let outcome = match within_budget().and_then(|()| allow(&env)) {
         Err(e) => Err(e),
         Ok(()) if dry_run => Ok(None),
         Ok(()) => {
