@@ -83,6 +83,13 @@ pub struct Metrics {
     outcomes: Family<OutcomeLabels, Counter>,
     approvals_pending: Gauge,
     decision_spans_dropped: Counter,
+    exported_spans: Family<ResultLabels, Counter>,
+    export_retries: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,6 +139,8 @@ impl Metrics {
             outcomes: Family::default(),
             approvals_pending: Gauge::default(),
             decision_spans_dropped: Counter::default(),
+            exported_spans: Family::default(),
+            export_retries: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -226,10 +235,38 @@ impl Metrics {
             "Rationale spans not stored locally because the store was full",
             m.decision_spans_dropped.clone(),
         );
+        registry.register(
+            "exported_spans",
+            "Rationale spans sent to the OTLP endpoint, by result (exported, dropped when the queue was full, failed after retries)",
+            m.exported_spans.clone(),
+        );
+        registry.register(
+            "export_retries",
+            "Export requests retried after a retryable failure",
+            m.export_retries.clone(),
+        );
         Self { registry, ..m }
     }
 
     /// The Prometheus text exposition, with store gauges read now.
+    /// Brings the export counters up to the exporter's own counts.
+    pub fn observe_export(&self, stats: crate::decisions::export::ExportStats) {
+        let catch_up = |counter: &Counter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        for (result, total) in [
+            ("exported", stats.spans_exported),
+            ("dropped", stats.spans_dropped),
+            ("failed", stats.spans_failed),
+        ] {
+            catch_up(
+                &self.exported_spans.get_or_create(&ResultLabels { result }),
+                total,
+            );
+        }
+        catch_up(&self.export_retries, stats.batches_retried);
+    }
+
     pub fn render(&self, store: &Store) -> String {
         for table in store.tables() {
             let (bytes, rows) = table.usage();

@@ -175,6 +175,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         metrics: metrics.clone(),
         rules: rules.clone(),
         actor: actor.clone(),
+        exporter: exporter.clone(),
         ready: ready.clone(),
     });
     tasks.spawn(serve_http(

@@ -27,6 +27,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub rules: Arc<RuleEngine>,
     pub actor: Arc<crate::act::actor::Actor>,
+    /// The OTLP exporter of rationale spans, when one is configured.
+    pub exporter: Option<crate::decisions::export::Exporter>,
     /// Set once every receiver listens.
     pub ready: Arc<AtomicBool>,
 }
@@ -106,7 +108,12 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(&state.store),
+        {
+            if let Some(exporter) = &state.exporter {
+                state.metrics.observe_export(exporter.stats());
+            }
+            state.metrics.render(&state.store)
+        },
     )
         .into_response()
 }

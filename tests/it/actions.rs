@@ -244,6 +244,16 @@ async fn an_sdk_error_burst_is_remediated_once_explained_and_verified() {
         ))
         .await;
     assert_eq!(linked, 1);
+    let exported = h
+        .metric("homeostat_exported_spans_total{result=\"exported\"}")
+        .await
+        .unwrap();
+    assert!(exported >= names.len() as f64, "{exported}");
+    assert_eq!(
+        h.metric("homeostat_exported_spans_total{result=\"dropped\"}")
+            .await,
+        Some(0.0)
+    );
     // And the same trace is in the instance's own spans table.
     let own = h
         .count(&format!(
