@@ -300,6 +300,11 @@ impl Running {
                 }
             }
         }
+        // Rationale spans still queued go out (within the export timeout)
+        // before the process ends.
+        if let Some(exporter) = &self.exporter {
+            exporter.flush().await;
+        }
         result
     }
 }

@@ -163,6 +163,10 @@ pub struct Actor {
     counter: AtomicU64,
 }
 
+/// Decisions waiting for their outcome at most; past it, a new action's
+/// outcome is not verified (and says so) rather than growing the wait list.
+pub const MAX_VERIFYING: usize = 10_000;
+
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
@@ -573,11 +577,18 @@ impl Actor {
         prepared.decision.updated_at = now;
         self.log.upsert(&prepared.decision);
         let actor = self.clone();
-        Some(self.scripts.handle().spawn(actor.execute(prepared)))
+        Some(
+            self.scripts
+                .handle()
+                .spawn_blocking(move || actor.execute(prepared)),
+        )
     }
 
     /// Runs the script, retrying what a retry can help, then records.
-    async fn execute(self: Arc<Self>, mut prepared: Prepared) {
+    ///
+    /// Runs on a script thread from start to end: one hop off the caller's
+    /// runtime, none back and forth per attempt.
+    fn execute(self: Arc<Self>, mut prepared: Prepared) {
         let started = Instant::now();
         let started_at = prepared.decision.run.as_ref().map_or(0, |r| r.started_at);
         let rule = prepared.rule.clone();
@@ -613,12 +624,12 @@ impl Actor {
                     last_failure: None,
                 },
             };
-            let sandbox = self.sandbox.clone();
-            let alert = alert.clone();
-            let joined = tokio::task::spawn_blocking(move || sandbox.run(&ast, alert, spec)).await;
-            let mut report = match joined {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.sandbox.run(&ast, alert.clone(), spec)
+            }));
+            let mut report = match run {
                 Ok(report) => report,
-                Err(e) => break Some(Err(format!("the script thread failed: {e}"))),
+                Err(_) => break Some(Err("the script's thread panicked".to_owned())),
             };
             // Host call times on the decision's clock.
             let shift = started_at + nanos(started.elapsed()) - now_nanos();
@@ -639,7 +650,7 @@ impl Actor {
                     self.log.upsert(&prepared.decision);
                     // A backoff, not a wait for something: the outside world
                     // gets time to recover.
-                    tokio::time::sleep(backoff).await;
+                    std::thread::sleep(backoff);
                     backoff = backoff.saturating_mul(2);
                 }
                 _ => break Some(Ok(report)),
@@ -697,9 +708,14 @@ impl Actor {
             elapsed: started.elapsed(),
         }
         .emit(&self.metrics);
+        let waiting = self.state.lock().verifying.len();
         let verify = run.status == RunStatus::Succeeded
             && !d.policy.dry_run
-            && matches!(d.trigger, Trigger::Firing | Trigger::Repeat);
+            && matches!(d.trigger, Trigger::Firing | Trigger::Repeat)
+            && waiting < MAX_VERIFYING;
+        if waiting >= MAX_VERIFYING {
+            tracing::warn!(rule = %rule.name, waiting, "outcome not verified: too many decisions already wait for theirs");
+        }
         d.updated_at = now;
         self.sink.emit(action_spans(d), now, &self.metrics);
         if verify {

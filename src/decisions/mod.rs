@@ -11,7 +11,7 @@ pub mod export;
 pub mod memory;
 pub mod trace;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -236,14 +236,22 @@ pub struct Filter {
 /// The recent decisions, bounded to [`DECISIONS_KEPT`]; the oldest go first.
 #[derive(Debug)]
 pub struct DecisionLog {
-    decisions: RwLock<VecDeque<Decision>>,
+    inner: RwLock<Entries>,
     changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// Decisions in the order they were first recorded, and where each is.
+#[derive(Debug, Default)]
+struct Entries {
+    by_seq: BTreeMap<u64, Decision>,
+    seq_of: HashMap<String, u64>,
+    next: u64,
 }
 
 impl Default for DecisionLog {
     fn default() -> Self {
         Self {
-            decisions: RwLock::new(VecDeque::new()),
+            inner: RwLock::new(Entries::default()),
             changed: tokio::sync::watch::channel(0).0,
         }
     }
@@ -253,14 +261,21 @@ impl DecisionLog {
     /// Adds a decision or replaces the one with the same id.
     pub fn upsert(&self, decision: &Decision) {
         {
-            let mut all = self.decisions.write();
-            match all.iter_mut().rev().find(|d| d.id == decision.id) {
-                Some(d) => *d = decision.clone(),
+            let mut e = self.inner.write();
+            match e.seq_of.get(&decision.id).copied() {
+                Some(seq) => {
+                    e.by_seq.insert(seq, decision.clone());
+                }
                 None => {
-                    if all.len() == DECISIONS_KEPT {
-                        all.pop_front();
+                    if e.by_seq.len() == DECISIONS_KEPT
+                        && let Some((_, oldest)) = e.by_seq.pop_first()
+                    {
+                        e.seq_of.remove(&oldest.id);
                     }
-                    all.push_back(decision.clone());
+                    let seq = e.next;
+                    e.next += 1;
+                    e.seq_of.insert(decision.id.clone(), seq);
+                    e.by_seq.insert(seq, decision.clone());
                 }
             }
         }
@@ -268,14 +283,16 @@ impl DecisionLog {
     }
 
     pub fn get(&self, id: &str) -> Option<Decision> {
-        self.decisions.read().iter().find(|d| d.id == id).cloned()
+        let e = self.inner.read();
+        e.seq_of.get(id).and_then(|s| e.by_seq.get(s)).cloned()
     }
 
     /// Newest first.
     pub fn list(&self, filter: &Filter) -> Vec<Decision> {
-        self.decisions
+        self.inner
             .read()
-            .iter()
+            .by_seq
+            .values()
             .rev()
             .filter(|d| filter.rule.as_ref().is_none_or(|r| &d.rule == r))
             .filter(|d| filter.outcome.is_none_or(|o| d.outcome == o))
@@ -294,12 +311,95 @@ impl DecisionLog {
     pub async fn wait_for(&self, f: impl Fn(&Decision) -> bool) -> Decision {
         let mut changes = self.subscribe();
         loop {
-            if let Some(d) = self.decisions.read().iter().rev().find(|d| f(d)) {
+            if let Some(d) = self.inner.read().by_seq.values().rev().find(|d| f(d)) {
                 return d.clone();
             }
             if changes.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(id: &str, rule: &str, outcome: Outcome) -> Decision {
+        Decision {
+            id: id.into(),
+            trace_id: String::new(),
+            rule: rule.into(),
+            fingerprint: String::new(),
+            labels: BTreeMap::new(),
+            episode: 1,
+            trigger: Trigger::Firing,
+            at: 0,
+            detection: Detection {
+                sql: String::new(),
+                window_start: 0,
+                window_end: 0,
+                rows: 0,
+                state: AlertState::Firing,
+                since: 0,
+                values: Map::new(),
+                evidence: Vec::new(),
+                evidence_trace_ids: Vec::new(),
+            },
+            policy: Policy {
+                verdict: Verdict::Allowed,
+                reason: String::new(),
+                checks: Vec::new(),
+                dry_run: false,
+                approval: None,
+                decided_at: 0,
+            },
+            reasoning: Reasoning::default(),
+            host_calls: Vec::new(),
+            run: None,
+            outcome,
+            verification: None,
+            escalates: None,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn newest_first_filtered_updated_in_place_and_bounded() {
+        let log = DecisionLog::default();
+        log.upsert(&decision("a", "r1", Outcome::Pending));
+        log.upsert(&decision("b", "r2", Outcome::None));
+        log.upsert(&decision("a", "r1", Outcome::Effective));
+        let all = log.list(&Filter {
+            limit: 10,
+            ..Default::default()
+        });
+        let ids: Vec<&str> = all.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["b", "a"], "an update keeps the first position");
+        assert_eq!(log.get("a").unwrap().outcome, Outcome::Effective);
+        let effective = log.list(&Filter {
+            outcome: Some(Outcome::Effective),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(effective.len(), 1);
+        let r2 = log.list(&Filter {
+            rule: Some("r2".into()),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(r2[0].id, "b");
+        for i in 0..DECISIONS_KEPT {
+            log.upsert(&decision(&format!("x{i}"), "r", Outcome::None));
+        }
+        assert!(log.get("a").is_none(), "the oldest went first");
+        assert!(log.get("b").is_none());
+        assert!(log.get("x0").is_some());
+        let limited = log.list(&Filter {
+            limit: 3,
+            ..Default::default()
+        });
+        assert_eq!(limited[0].id, format!("x{}", DECISIONS_KEPT - 1));
+        assert_eq!(limited.len(), 3);
     }
 }
