@@ -1,0 +1,193 @@
+//! Running a decision's script on a script thread, with retries, and
+//! recording what happened.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Actor, Clock, MAX_VERIFYING, Prepared, Verifying, nanos};
+use crate::act::config::Trigger;
+use crate::act::host::{CallLimits, RunContext};
+use crate::act::sandbox::RunSpec;
+use crate::decisions::trace::{action_spans, closing_spans};
+use crate::decisions::{Outcome, RunError, RunStatus, Verification};
+use crate::ingest::now_nanos;
+use crate::internal_events::ActionRan;
+
+impl Actor {
+    /// Runs the script, retrying what a retry can help, then records.
+    ///
+    /// Runs on a script thread from start to end: one hop off the caller's
+    /// runtime, none back and forth per attempt.
+    pub(super) fn execute(self: Arc<Self>, mut prepared: Prepared) {
+        let started = Instant::now();
+        let started_at = prepared.decision.run.as_ref().map_or(0, |r| r.started_at);
+        let rule = prepared.rule.clone();
+        let action = rule.action.as_ref().expect("decisions have actions");
+        let ast = if prepared.escalation {
+            action.on_ineffective.as_ref().map(|(_, a)| a.clone())
+        } else {
+            Some(action.ast.clone())
+        };
+        let alert = rhai::serde::to_dynamic(&prepared.alert).unwrap_or(rhai::Dynamic::UNIT);
+        let mut backoff = action.retry_backoff;
+        let mut attempt = 0;
+        let report = loop {
+            attempt += 1;
+            let Some(ast) = ast.clone() else {
+                break None;
+            };
+            let spec = RunSpec {
+                timeout: action.timeout,
+                max_operations: action.max_operations,
+                context: RunContext {
+                    capabilities: action.capabilities.clone(),
+                    limits: CallLimits {
+                        timeout: action.call_timeout,
+                        max_output: action.max_output,
+                    },
+                    dry_run: prepared.decision.policy.dry_run,
+                    runtime: self.scripts.handle(),
+                    facts: self.facts.clone(),
+                    rule: rule.name.clone(),
+                    attempt,
+                    calls: Vec::new(),
+                    last_failure: None,
+                },
+            };
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.sandbox.run(&ast, alert.clone(), spec)
+            }));
+            let mut report = match run {
+                Ok(report) => report,
+                Err(_) => break Some(Err("the script's thread panicked".to_owned())),
+            };
+            // Host call times on the decision's clock.
+            let shift = started_at + nanos(started.elapsed()) - now_nanos();
+            if !matches!(self.clock, Clock::Wall) {
+                for call in &mut report.calls {
+                    call.started_at += shift;
+                }
+            }
+            prepared.decision.host_calls.extend(report.calls.clone());
+            prepared.decision.reasoning = report.reasoning.clone();
+            if let Some(run) = prepared.decision.run.as_mut() {
+                run.attempts = attempt;
+                run.operations += report.operations;
+            }
+            match &report.result {
+                Err(e) if e.retryable() && attempt <= action.retries => {
+                    prepared.decision.updated_at = self.clock.now();
+                    self.log.upsert(&prepared.decision);
+                    // A backoff, not a wait for something: the outside world
+                    // gets time to recover.
+                    std::thread::sleep(backoff);
+                    backoff = backoff.saturating_mul(2);
+                }
+                _ => break Some(Ok(report)),
+            }
+        };
+        let ended_at = started_at + nanos(started.elapsed());
+        let now = self.clock.now().max(ended_at);
+        {
+            let mut state = self.state.lock();
+            state.running = state.running.saturating_sub(1);
+            if let Some(p) = state.policies.get_mut(&rule.name) {
+                p.running = p.running.saturating_sub(1);
+            }
+        }
+        let d = &mut prepared.decision;
+        let run = d.run.as_mut().expect("set when started");
+        run.ended_at = Some(ended_at);
+        match report {
+            None => {
+                run.status = RunStatus::Failed;
+                run.error = Some(RunError {
+                    kind: "internal",
+                    message: "no script to run".into(),
+                });
+            }
+            Some(Err(message)) => {
+                run.status = RunStatus::Failed;
+                run.error = Some(RunError {
+                    kind: "internal",
+                    message,
+                });
+            }
+            Some(Ok(report)) => match report.result {
+                Ok(value) => {
+                    run.value = value;
+                    run.status = if d.reasoning.skipped.is_some() {
+                        RunStatus::Skipped
+                    } else {
+                        RunStatus::Succeeded
+                    };
+                }
+                Err(e) => {
+                    run.status = RunStatus::Failed;
+                    run.error = Some(RunError {
+                        kind: e.kind(),
+                        message: e.to_string(),
+                    });
+                }
+            },
+        }
+        ActionRan {
+            rule: &rule.name,
+            run,
+            calls: &d.host_calls,
+            elapsed: started.elapsed(),
+        }
+        .emit(&self.metrics);
+        let waiting = self.state.lock().verifying.len();
+        let verify = run.status == RunStatus::Succeeded
+            && !d.policy.dry_run
+            && matches!(d.trigger, Trigger::Firing | Trigger::Repeat)
+            && waiting < MAX_VERIFYING;
+        if waiting >= MAX_VERIFYING {
+            tracing::warn!(rule = %rule.name, waiting, "outcome not verified: too many decisions already wait for theirs");
+        }
+        d.updated_at = now;
+        self.sink.emit(action_spans(d), now, &self.metrics);
+        if verify {
+            let within = d
+                .reasoning
+                .expectation
+                .as_ref()
+                .map_or(action.verify_within, |e| e.within);
+            let expected = d.reasoning.expectation.as_ref().map_or_else(
+                || {
+                    format!(
+                        "the instance resolves within {} (verify_within)",
+                        humantime::format_duration(within)
+                    )
+                },
+                |e| {
+                    format!(
+                        "{} within {}",
+                        e.description,
+                        humantime::format_duration(e.within)
+                    )
+                },
+            );
+            d.verification = Some(Verification {
+                deadline: ended_at.saturating_add(nanos(within)),
+                expected,
+                checked_at: None,
+                resolved_at: None,
+                escalation: None,
+            });
+            self.log.upsert(d);
+            self.state.lock().verifying.insert(
+                d.id.clone(),
+                Verifying {
+                    decision: prepared.decision,
+                    rule,
+                },
+            );
+        } else {
+            d.outcome = Outcome::None;
+            self.log.upsert(d);
+            self.sink.emit(closing_spans(d), now, &self.metrics);
+        }
+    }
+}
