@@ -591,8 +591,6 @@ sql = "SELECT span_name FROM spans WHERE service_name = 'homeostat' AND span_nam
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_exports_rationale_traces_where_otel_variables_say() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
     let receiver_rules = tempfile::tempdir().unwrap();
     write(receiver_rules.path(), "arrived.toml", RATIONALE_ARRIVED);
     let rules_dir = receiver_rules.path().to_owned();
@@ -628,18 +626,7 @@ async fn the_binary_exports_rationale_traces_where_otel_variables_say() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let http = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("homeostat exited before ready");
-        if line.contains("homeostat is ready") {
-            let at = line.find("otlp_http=").expect("address in the ready line") + 10;
-            break line[at..].split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (http, _lines) = crate::common::ready_address(&mut child, "otlp_http").await;
     let sent = receiver
         .client
         .post(format!("http://{http}/v1/traces"))
@@ -650,16 +637,13 @@ async fn the_binary_exports_rationale_traces_where_otel_variables_say() {
         .unwrap();
     assert_eq!(sent.status(), 200);
 
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let e = arrivals.recv().await.expect("receiver running");
-            if e.event.transition.to == homeostat::rules::AlertState::Firing {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("rationale spans reach the receiver named by OTEL_EXPORTER_OTLP_ENDPOINT");
+    // Rationale spans reached the receiver named by OTEL_EXPORTER_OTLP_ENDPOINT.
+    crate::rules::wait_for(
+        &mut arrivals,
+        "arrived",
+        homeostat::rules::AlertState::Firing,
+    )
+    .await;
     let spans = receiver
         .query(
             "SELECT span_name, attributes['homeostat.choice'] AS choice FROM spans \

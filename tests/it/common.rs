@@ -212,3 +212,31 @@ pub fn spans_now_json(service: &str) -> Vec<u8> {
     .to_string()
     .into_bytes()
 }
+
+/// Reads a starting `homeostat run`'s log until its ready line and returns
+/// the address it names for `what` (`api`, `otlp_http`, `otlp_grpc`), with
+/// the rest of the log.
+pub async fn ready_address(
+    child: &mut tokio::process::Child,
+    what: &str,
+) -> (
+    String,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("log readable")
+            .expect("homeostat exited before ready");
+        if line.contains("homeostat is ready") {
+            let key = format!("{what}=");
+            let at = line.find(&key).expect("the address in the ready line") + key.len();
+            let address = line[at..].split_whitespace().next().expect("an address");
+            return (address.to_owned(), lines);
+        }
+    }
+}

@@ -5,7 +5,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use homeostat::config::Config;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/homeostat.toml");
 
@@ -74,18 +73,7 @@ async fn the_binary_runs_queries_and_stops_on_sigterm() {
         .unwrap();
     // The ready line names the bound addresses; the file's unroutable API
     // address would have failed the start, so the flag won.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let api = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("homeostat exited before ready");
-        if line.contains("homeostat is ready") {
-            let at = line.find("api=").expect("api address in the ready line") + 4;
-            break line[at..].split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (api, mut lines) = crate::common::ready_address(&mut child, "api").await;
     homeostat::act::host::install_crypto_provider();
     let ready = reqwest::get(format!("http://{api}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);

@@ -184,7 +184,7 @@ fn rule<'a>(rules: &'a Value, name: &str) -> &'a Value {
 
 /// Waits for the instance of `rule` to reach `state`, driven by the engine's
 /// own transition events (no sleeping).
-async fn wait_for(
+pub async fn wait_for(
     events: &mut tokio::sync::broadcast::Receiver<homeostat::rules::RuleEvent>,
     rule: &str,
     state: AlertState,
