@@ -95,11 +95,6 @@ impl RulePlanner {
         self
     }
 
-    /// The global bounds of rule actions.
-    pub fn action_limits(&self) -> &crate::act::config::ActionLimits {
-        &self.limits
-    }
-
     /// The session state rules are planned and run in.
     pub fn state(&self) -> &SessionState {
         &self.state

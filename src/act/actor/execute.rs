@@ -62,8 +62,8 @@ impl Actor {
                 Err(_) => break Some(Err("the script's thread panicked".to_owned())),
             };
             // Host call times on the decision's clock.
-            let shift = started_at + nanos(started.elapsed()) - now_nanos();
             if !matches!(self.clock, Clock::Wall) {
+                let shift = started_at + nanos(started.elapsed()) - now_nanos();
                 for call in &mut report.calls {
                     call.started_at += shift;
                 }

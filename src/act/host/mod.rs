@@ -219,13 +219,6 @@ impl Call<'_> {
             reason: reason.into(),
         }
     }
-
-    pub fn failed(&self, message: impl Into<String>) -> HostError {
-        HostError::Failed {
-            function: self.qualified(),
-            message: message.into(),
-        }
-    }
 }
 
 /// What a performed host call gives back: the value for the script and a
