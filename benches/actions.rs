@@ -70,6 +70,7 @@ fn event(rule: &Arc<homeostat::rules::CompiledRule>, i: usize) -> RuleEvent {
             fingerprint: format!("{i:016x}"),
             labels: [("service_name".to_owned(), service)].into(),
             episode: 1,
+            since: now_nanos(),
             transition: Transition {
                 at: now_nanos(),
                 evaluation: 1,
@@ -228,6 +229,7 @@ fn per_call(
             runtime: runtime.handle().clone(),
             facts: Arc::new(Facts::default()),
             rule: "bench".into(),
+            clock_offset: 0,
             attempt: 1,
             calls: Vec::new(),
             last_failure: None,

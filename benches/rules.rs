@@ -266,6 +266,7 @@ sql = "SELECT service_name, count(*) AS errors FROM spans WHERE status_code = 'E
         otlp_http: any,
         api: any,
         rules: dir.path().to_owned(),
+        data: "memory://".into(),
         ..Default::default()
     };
     let running = homeostat::server::start(config).await.unwrap();

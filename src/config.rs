@@ -29,6 +29,8 @@ pub enum ConfigError {
     },
     #[error("invalid setting {key}: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error(transparent)]
+    Archive(#[from] crate::memory::archive::ArchiveError),
 }
 
 /// The whole configuration file. Every key is optional; `homeostat run`
@@ -47,6 +49,10 @@ pub struct Config {
     /// Where decisions and archived telemetry are kept: a local folder or an
     /// object-store URL.
     pub data: String,
+    /// This instance's name in the memory: each writer appends to its own
+    /// chain under `memory/{node}/`, so replicas sharing storage need
+    /// distinct names. Empty: the host name.
+    pub node: String,
     /// OTLP receivers.
     pub ingest: IngestConfig,
     /// The in-memory store.
@@ -60,6 +66,9 @@ pub struct Config {
     /// `spans` table. The standard `OTEL_EXPORTER_OTLP_*` variables override
     /// this section.
     pub export: crate::decisions::export::ExportConfig,
+    /// Telemetry kept as Parquet on the `data` storage after it leaves
+    /// memory.
+    pub archive: crate::memory::archive::ArchiveConfig,
 }
 
 /// `[ingest]`: the OTLP receivers.
@@ -113,11 +122,13 @@ impl Default for Config {
             api: SocketAddr::from(([127, 0, 0, 1], 8480)),
             rules: PathBuf::from("rules"),
             data: "data".into(),
+            node: String::new(),
             ingest: IngestConfig::default(),
             store: StoreConfig::default(),
             query: QueryConfig::default(),
             actions: Default::default(),
             export: Default::default(),
+            archive: Default::default(),
         }
     }
 }
@@ -186,6 +197,19 @@ impl Config {
                 message: message.to_owned(),
             })
         };
+        let node = self.node_name();
+        if node.len() > 64
+            || !node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || node.starts_with('.')
+        {
+            return invalid(
+                "node",
+                "must be 1 to 64 letters, digits, '-', '_' or '.' (it names a folder in the storage)",
+            );
+        }
+        self.archive.validate()?;
         if self.ingest.max_request_size.as_u64() == 0 {
             return invalid("ingest.max_request_size", "must be more than 0 bytes");
         }
@@ -233,6 +257,19 @@ impl Config {
             return invalid("actions.max_call_depth", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// The node name: `node`, else the host name, else `local`.
+    pub fn node_name(&self) -> String {
+        if !self.node.is_empty() {
+            return self.node.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "local".into())
     }
 
     pub fn store_options(&self) -> StoreOptions {

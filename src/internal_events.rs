@@ -85,6 +85,7 @@ pub struct Metrics {
     decision_spans_dropped: Counter,
     exported_spans: Family<ResultLabels, Counter>,
     export_retries: Counter,
+    archive: ArchiveMetrics,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,6 +142,7 @@ impl Metrics {
             decision_spans_dropped: Counter::default(),
             exported_spans: Family::default(),
             export_retries: Counter::default(),
+            archive: ArchiveMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -245,6 +247,7 @@ impl Metrics {
             "Export requests retried after a retryable failure",
             m.export_retries.clone(),
         );
+        m.archive.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -476,12 +479,7 @@ pub struct ActionRan<'a> {
 
 impl ActionRan<'_> {
     pub fn emit(self, metrics: &Metrics) {
-        let status = match self.run.status {
-            crate::decisions::RunStatus::Running => "running",
-            crate::decisions::RunStatus::Succeeded => "succeeded",
-            crate::decisions::RunStatus::Skipped => "skipped",
-            crate::decisions::RunStatus::Failed => "failed",
-        };
+        let status = self.run.status.name();
         let error = self.run.error.as_ref().map_or("", |e| e.kind);
         match &self.run.error {
             Some(e) => {
@@ -558,5 +556,274 @@ impl DecisionSpansDropped<'_> {
             "rationale spans not stored locally"
         );
         metrics.decision_spans_dropped.inc_by(self.spans as u64);
+    }
+}
+
+// The telemetry archive (`memory::archive`): its metrics and events.
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DroppedLabels {
+    table: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    table: &'static str,
+    kind: &'static str,
+}
+
+/// The archive's part of [`Metrics`].
+#[derive(Debug, Default)]
+struct ArchiveMetrics {
+    written_rows: Family<TableLabels, Counter>,
+    written_bytes: Family<TableLabels, Counter>,
+    written_files: Family<TableLabels, Counter>,
+    write_failures: Family<KindLabels, Counter>,
+    dropped_rows: Family<DroppedLabels, Counter>,
+    pending_bytes: Gauge,
+    compacted_files: Family<TableLabels, Counter>,
+    repaired_files: Family<TableLabels, Counter>,
+    compaction_failures: Family<KindLabels, Counter>,
+    expired_partitions: Family<TableLabels, Counter>,
+    expired_bytes: Family<TableLabels, Counter>,
+    expiry_failures: Counter,
+}
+
+impl ArchiveMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "archive_written_rows",
+            "Rows written to the archive, by table",
+            self.written_rows.clone(),
+        );
+        registry.register(
+            "archive_written_bytes",
+            "Parquet bytes written to the archive, by table",
+            self.written_bytes.clone(),
+        );
+        registry.register(
+            "archive_written_files",
+            "Parquet files written to the archive, by table",
+            self.written_files.clone(),
+        );
+        registry.register(
+            "archive_write_failures",
+            "Hour files that could not be written, by table and error kind",
+            self.write_failures.clone(),
+        );
+        registry.register(
+            "archive_dropped_rows",
+            "Rows that left memory but were never archived, by reason (pending_full, unwritable, shutdown)",
+            self.dropped_rows.clone(),
+        );
+        registry.register(
+            "archive_pending_bytes",
+            "Arrow memory of batches waiting to be archived",
+            self.pending_bytes.clone(),
+        );
+        registry.register(
+            "archive_compacted_files",
+            "Archive files merged into larger ones and deleted",
+            self.compacted_files.clone(),
+        );
+        registry.register(
+            "archive_repaired_files",
+            "Leftover inputs of interrupted merges, deleted",
+            self.repaired_files.clone(),
+        );
+        registry.register(
+            "archive_compaction_failures",
+            "Partitions whose compaction failed, by table and error kind",
+            self.compaction_failures.clone(),
+        );
+        registry.register(
+            "archive_expired_partitions",
+            "Hour partitions deleted from the archive by retention",
+            self.expired_partitions.clone(),
+        );
+        registry.register(
+            "archive_expired_bytes",
+            "Bytes deleted from the archive by retention",
+            self.expired_bytes.clone(),
+        );
+        registry.register(
+            "archive_expiry_failures",
+            "Archive retention passes that failed",
+            self.expiry_failures.clone(),
+        );
+    }
+}
+
+/// Telemetry was written to the archive.
+pub struct ArchiveWritten<'a> {
+    pub table: &'static str,
+    pub report: &'a crate::memory::archive::WriteReport,
+}
+
+impl ArchiveWritten<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(
+            table = self.table,
+            files = self.report.files.len(),
+            rows = self.report.rows,
+            bytes = self.report.bytes,
+            "telemetry archived"
+        );
+        let labels = TableLabels { table: self.table };
+        let m = &metrics.archive;
+        m.written_rows
+            .get_or_create(&labels)
+            .inc_by(self.report.rows);
+        m.written_bytes
+            .get_or_create(&labels)
+            .inc_by(self.report.bytes);
+        m.written_files
+            .get_or_create(&labels)
+            .inc_by(self.report.files.len() as u64);
+    }
+}
+
+/// An hour's rows could not be written to the archive.
+pub struct ArchiveWriteFailed<'a> {
+    pub table: &'static str,
+    pub error: &'a crate::memory::archive::ArchiveError,
+    /// Whether the rows wait to be tried again.
+    pub retried: bool,
+}
+
+impl ArchiveWriteFailed<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::warn!(
+            table = self.table,
+            error = %self.error,
+            retried = self.retried,
+            "archive write failed"
+        );
+        metrics
+            .archive
+            .write_failures
+            .get_or_create(&KindLabels {
+                table: self.table,
+                kind: self.error.kind(),
+            })
+            .inc();
+    }
+}
+
+/// Rows left memory and will not be archived.
+pub struct ArchiveRowsDropped {
+    pub table: &'static str,
+    pub rows: u64,
+    /// `pending_full`, `unwritable` or `shutdown`.
+    pub reason: &'static str,
+}
+
+impl ArchiveRowsDropped {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::warn!(
+            table = self.table,
+            rows = self.rows,
+            reason = self.reason,
+            "rows dropped without being archived"
+        );
+        metrics
+            .archive
+            .dropped_rows
+            .get_or_create(&DroppedLabels {
+                table: self.table,
+                reason: self.reason,
+            })
+            .inc_by(self.rows);
+    }
+}
+
+/// The memory held by batches waiting for the archive changed.
+pub struct ArchivePending {
+    pub bytes: u64,
+}
+
+impl ArchivePending {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.archive.pending_bytes.set(self.bytes as i64);
+    }
+}
+
+/// A partition's files were merged.
+pub struct ArchiveCompacted<'a> {
+    pub compaction: &'a crate::memory::archive::Compaction,
+}
+
+impl ArchiveCompacted<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        let c = self.compaction;
+        tracing::info!(
+            partition = %c.partition,
+            inputs = c.inputs,
+            rows = c.rows,
+            repaired = c.repaired,
+            "archive partition compacted"
+        );
+        let labels = TableLabels { table: c.table };
+        let m = &metrics.archive;
+        m.compacted_files
+            .get_or_create(&labels)
+            .inc_by(c.inputs as u64);
+        m.repaired_files
+            .get_or_create(&labels)
+            .inc_by(c.repaired as u64);
+    }
+}
+
+/// A partition's compaction failed; the next pass tries again.
+pub struct ArchiveCompactionFailed<'a> {
+    pub failure: &'a crate::memory::archive::CompactionFailure,
+}
+
+impl ArchiveCompactionFailed<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        let f = self.failure;
+        tracing::warn!(partition = %f.partition, error = %f.error, "archive compaction failed");
+        metrics
+            .archive
+            .compaction_failures
+            .get_or_create(&KindLabels {
+                table: f.table,
+                kind: f.error.kind(),
+            })
+            .inc();
+    }
+}
+
+/// Retention deleted an hour partition from the archive.
+pub struct ArchivePartitionExpired<'a> {
+    pub partition: &'a crate::memory::archive::ExpiredPartition,
+}
+
+impl ArchivePartitionExpired<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        let p = self.partition;
+        tracing::info!(
+            partition = %p.partition,
+            files = p.files,
+            bytes = p.bytes,
+            "archive retention deleted a partition"
+        );
+        let labels = TableLabels { table: p.table };
+        let m = &metrics.archive;
+        m.expired_partitions.get_or_create(&labels).inc();
+        m.expired_bytes.get_or_create(&labels).inc_by(p.bytes);
+    }
+}
+
+/// An archive retention pass failed; the next pass tries again.
+pub struct ArchiveExpiryFailed<'a> {
+    pub error: &'a crate::memory::archive::ArchiveError,
+}
+
+impl ArchiveExpiryFailed<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::warn!(error = %self.error, "archive retention pass failed");
+        metrics.archive.expiry_failures.inc();
     }
 }

@@ -11,6 +11,8 @@
 //!   exposed to DataFusion as table providers that prune by time.
 //! - [`query`]: SQL over the tables (DataFusion), read-only and bounded.
 //! - [`api`]: the HTTP API: queries, health, metrics.
+//! - [`memory`]: the episodic memory on object storage (decision log,
+//!   facts, telemetry archive), append-only and hash-chained.
 //! - [`server`]: starts and stops an instance: listeners, tasks, shutdown.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`internal_events`]: the engine's own typed events and metrics.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod decisions;
 pub mod ingest;
 pub mod internal_events;
+pub mod memory;
 pub mod query;
 pub mod rules;
 pub mod serde_duration;

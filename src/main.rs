@@ -31,6 +31,63 @@ enum Command {
     Check(DirArgs),
     /// Run rule unit tests (`*.test.toml`) on virtual time.
     Test(DirArgs),
+    /// Check the memory's hash chains, or print its decisions, with no
+    /// instance running.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Run rules over archived telemetry on virtual time, in dry-run, and
+    /// compare what they decide with the decisions recorded then.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Start of the period: RFC 3339, or a duration back from now ("2h").
+    #[arg(long, value_name = "T")]
+    from: String,
+    /// End of the period [default: now].
+    #[arg(long, value_name = "T")]
+    to: Option<String>,
+    /// The rules to replay: the deployed ones, or a changed copy.
+    #[arg(long, value_name = "DIR", default_value = "rules")]
+    rules: PathBuf,
+    /// Exit 1 when the replay decides differently from the record.
+    #[arg(long)]
+    fail_on_difference: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Re-read every entry and check every hash and link; name the first
+    /// broken entry and exit 1 if there is any.
+    Verify(DataArgs),
+    /// Print the decisions, oldest first.
+    Log(LogArgs),
+}
+
+#[derive(Debug, Args)]
+struct DataArgs {
+    /// Local folder or object-store URL of the memory.
+    #[arg(long, value_name = "URL-or-DIR", default_value = "data")]
+    data: String,
+}
+
+#[derive(Debug, Args)]
+struct LogArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Only this rule's decisions.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Only decisions since: a duration back from now ("1h", "7d") or an
+    /// RFC 3339 time.
+    #[arg(long, value_name = "T")]
+    since: Option<String>,
+    /// Output format: a table, or one JSON decision per line.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +117,9 @@ struct RunArgs {
     /// Local folder or object-store URL for decisions and archives [default: ./data].
     #[arg(long, value_name = "URL-or-DIR")]
     data: Option<String>,
+    /// This instance's name in the memory [default: the host name].
+    #[arg(long, env = "HOMEOSTAT_NODE")]
+    node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -78,6 +138,10 @@ struct QueryArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Query the archive and the memory in this folder or object-store URL
+    /// directly, with no instance running, instead of an instance's API.
+    #[arg(long, value_name = "URL-or-DIR", conflicts_with = "api")]
+    data: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -110,6 +174,11 @@ fn main() -> ExitCode {
             Command::Query(args) => query(args).await.map(|()| ExitCode::SUCCESS),
             Command::Check(args) => Ok(check(args).await),
             Command::Test(args) => Ok(test(args).await),
+            Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
+            Command::Audit(AuditCommand::Log(args)) => {
+                audit_log(args).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Replay(args) => replay(args).await,
         }
     });
     match result {
@@ -141,6 +210,9 @@ fn resolve_config(args: RunArgs) -> Result<Config> {
     }
     if let Some(d) = args.data {
         config.data = d;
+    }
+    if let Some(n) = args.node {
+        config.node = n;
     }
     Ok(config)
 }
@@ -247,7 +319,84 @@ async fn test(args: DirArgs) -> ExitCode {
     }
 }
 
+async fn audit_verify(args: DataArgs) -> Result<ExitCode> {
+    let storage = homeostat::memory::Storage::open(&args.data)?;
+    let report = homeostat::memory::audit::verify(&storage).await?;
+    print!("{report}");
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn audit_log(args: LogArgs) -> Result<()> {
+    use homeostat::memory::audit;
+    let since = args.since.as_deref().map(parse_time).transpose()?;
+    let storage = homeostat::memory::Storage::open(&args.data.data)?;
+    let loaded = homeostat::memory::load(&storage).await?;
+    for p in &loaded.problems {
+        eprintln!("warning: {p} (`homeostat audit verify` lists every problem)");
+    }
+    let filter = audit::LogFilter {
+        rule: args.rule,
+        since,
+    };
+    let decisions = audit::decisions(&loaded, &filter);
+    match args.format {
+        Format::Table => print!("{}", audit::render(&decisions)),
+        Format::Json => {
+            for s in &decisions {
+                println!("{}", serde_json::to_string(&s.decision)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let from = parse_time(&args.from)?;
+    let to = match &args.to {
+        Some(t) => parse_time(t)?,
+        None => homeostat::ingest::now_nanos(),
+    };
+    let storage = homeostat::memory::Storage::open(&args.data.data)?;
+    let report = homeostat::memory::replay::replay(&storage, &args.rules, from, to)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    print!("{}", homeostat::memory::replay::render(&report));
+    Ok(if args.fail_on_difference && report.differs() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A time: RFC 3339, or a duration back from now.
+fn parse_time(text: &str) -> Result<i64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        let since = t.duration_since(std::time::UNIX_EPOCH)?;
+        return Ok(i64::try_from(since.as_nanos())?);
+    }
+    let back = humantime::parse_duration(text).with_context(|| {
+        format!("{text:?} is neither an RFC 3339 time nor a duration like \"1h\"")
+    })?;
+    Ok(homeostat::ingest::now_nanos() - i64::try_from(back.as_nanos())?)
+}
+
 async fn query(args: QueryArgs) -> Result<()> {
+    if let Some(data) = &args.data {
+        let storage = homeostat::memory::Storage::open(data)?;
+        let options = homeostat::config::Config::default().query_options();
+        let engine = homeostat::query::QueryEngine::offline(&storage, options).await?;
+        let result = engine.sql(&args.sql).await?;
+        let body: serde_json::Value = serde_json::from_slice(&result.to_json())?;
+        match args.format {
+            Format::Json => println!("{body}"),
+            Format::Table => print!("{}", render_table(&body)),
+        }
+        return Ok(());
+    }
     let base = if args.api.contains("://") {
         args.api.clone()
     } else {

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -18,7 +17,9 @@ use crate::decisions::DecisionLog;
 use crate::decisions::export::Exporter;
 use crate::decisions::memory::Facts;
 use crate::ingest::{self, Ingester, now_nanos};
-use crate::internal_events::{Metrics, PartitionsExpired};
+use crate::internal_events::Metrics;
+use crate::memory::archive::Archive;
+use crate::memory::{Memory, MemoryError, Storage};
 use crate::query::QueryEngine;
 use crate::rules::RuleEngine;
 use crate::rules::engine::Executor;
@@ -48,8 +49,18 @@ pub enum ServerError {
     Actions { source: std::io::Error },
     #[error("invalid OTLP export settings: {0}")]
     Export(#[from] crate::decisions::export::ExportConfigError),
+    #[error("cannot open the archive: {0}")]
+    Archive(#[from] crate::memory::archive::ArchiveError),
+    #[error("cannot open the memory: {0}")]
+    Memory(Box<MemoryError>),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
+}
+
+impl From<MemoryError> for ServerError {
+    fn from(e: MemoryError) -> Self {
+        ServerError::Memory(Box::new(e))
+    }
 }
 
 /// A running instance.
@@ -65,6 +76,8 @@ pub struct Running {
     pub actor: Arc<Actor>,
     /// Sends rationale spans to the configured OTLP endpoint, if any.
     pub exporter: Option<Exporter>,
+    /// The episodic memory on storage.
+    pub memory: Memory,
     /// The threads rules are evaluated on; stopped with the instance.
     _executor: Executor,
     /// Watches the rules folder while the instance runs.
@@ -110,6 +123,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .clone()
         .with_env(|name| std::env::var(name).ok())?;
     export.validate()?;
+    let node = config.node_name();
+    let storage = Storage::open(&config.data).map_err(MemoryError::from)?;
+    let (memory, loaded) = Memory::open(storage, &node, store.memory_index().clone()).await?;
     let rules = Arc::new(RuleEngine::with_action_limits(
         config.rules.clone(),
         &store,
@@ -148,8 +164,25 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             metrics.clone(),
             Clock::Wall,
         )
-        .map_err(|source| ServerError::Actions { source })?,
+        .map_err(|source| ServerError::Actions { source })?
+        .with_journal(memory.journal.clone()),
     );
+    // Before any transition flows: what the memory holds comes back first.
+    let (restored, _reruns) = actor.restore(&loaded, &node, &rules, now_nanos()).await;
+    tracing::info!(
+        data = memory.storage.location(),
+        %node,
+        entries = loaded.len(),
+        decisions = restored.decisions,
+        instances = restored.instances,
+        facts = restored.facts,
+        approvals = restored.approvals,
+        verifying = restored.verifying,
+        interrupted = restored.interrupted,
+        rerun = restored.rerun,
+        "memory loaded"
+    );
+    drop(loaded);
     let acting = actor.clone().run(rules.clone(), shutdown.clone());
     tasks.spawn(async move {
         acting.await;
@@ -184,11 +217,17 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         api_router,
         shutdown.clone(),
     ));
-    tasks.spawn(expire_loop(
-        store.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    // Telemetry leaving memory goes to the archive; at shutdown, all of it.
+    let archive = Arc::new(Archive::new(
+        memory.storage.clone(),
+        &node,
+        config.archive.clone(),
+    )?);
+    let archiving = archive.run(store.clone(), metrics.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        archiving.await;
+        Ok(())
+    });
     let executor = Executor::new(std::thread::available_parallelism().map_or(2, usize::from))
         .map_err(|source| ServerError::Executor { source })?;
     let (scheduler, token, handle) = (rules.clone(), shutdown.clone(), executor.handle());
@@ -215,6 +254,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         rules,
         actor,
         exporter,
+        memory,
         _executor: executor,
         _watcher: watcher,
         shutdown,
@@ -251,26 +291,6 @@ async fn serve_http(
         })
 }
 
-/// Applies retention once a second: cheap (a scan of partition headers).
-async fn expire_loop(
-    store: Arc<Store>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> Result<(), ServerError> {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {
-                for (table, expired) in store.expire(now_nanos()) {
-                    PartitionsExpired { table, expired: &expired }.emit(&metrics);
-                }
-            }
-        }
-    }
-}
-
 impl Running {
     /// Asks every server to stop accepting and finish what is in flight.
     pub fn shutdown(&self) {
@@ -285,6 +305,11 @@ impl Running {
     /// Waits until every server has stopped; the first error wins, and
     /// stops the others.
     pub async fn wait(mut self) -> Result<(), ServerError> {
+        self.join().await
+    }
+
+    /// [`Running::wait`] without giving up the handle.
+    pub async fn join(&mut self) -> Result<(), ServerError> {
         let mut result = Ok(());
         while let Some(joined) = self.tasks.join_next().await {
             let outcome = joined.unwrap_or_else(|e| {
@@ -305,6 +330,8 @@ impl Running {
         if let Some(exporter) = &self.exporter {
             exporter.flush().await;
         }
+        // Decisions recorded up to here are durable when this returns.
+        self.memory.journal.flush().await;
         result
     }
 }

@@ -92,6 +92,11 @@ pub struct ActionFile {
     /// Record host calls without performing them.
     #[serde(default)]
     pub dry_run: bool,
+    /// Running it twice does no harm: a run interrupted by a crash or kill
+    /// is run again after the restart instead of being marked
+    /// `interrupted`.
+    #[serde(default)]
+    pub idempotent: bool,
     /// "required": each run waits for `POST /api/v1/approvals/{id}`.
     #[serde(default)]
     pub approval: Approval,
@@ -214,6 +219,7 @@ pub struct CompiledAction {
     pub max_concurrent: usize,
     pub max_per_hour: Option<u32>,
     pub dry_run: bool,
+    pub idempotent: bool,
     pub approval: Approval,
     pub approval_expiry: Duration,
     pub verify_within: Duration,
@@ -405,6 +411,7 @@ pub fn compile(
         max_concurrent,
         max_per_hour: action.max_per_hour,
         dry_run: action.dry_run,
+        idempotent: action.idempotent,
         approval: action.approval,
         approval_expiry: action.approval_expiry.unwrap_or(limits.approval_expiry),
         verify_within: action.verify_within.unwrap_or(limits.verify_within),

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::config::{Approval, CompiledAction, Trigger};
-use crate::decisions::{Check, Policy, Verdict};
+use crate::decisions::{Check, Decision, Policy, Verdict};
 
 const HOUR: i64 = 3_600_000_000_000;
 const DAY: i64 = 24 * HOUR;
@@ -23,8 +23,9 @@ const DAY: i64 = 24 * HOUR;
 /// One rule's policy state.
 #[derive(Debug, Default)]
 pub struct PolicyState {
-    /// Per instance and trigger: the last episode acted on.
-    acted: HashMap<(String, Trigger), u64>,
+    /// Per instance and trigger: the last episode acted on, and when that
+    /// episode started.
+    acted: HashMap<(String, Trigger), (u64, i64)>,
     /// Per instance: when it was last acted on.
     last_action: HashMap<String, i64>,
     /// Start times of the runs in the last hour.
@@ -47,6 +48,8 @@ fn nanos(d: std::time::Duration) -> i64 {
 pub struct Subject<'a> {
     pub fingerprint: &'a str,
     pub episode: u64,
+    /// When the episode started matching.
+    pub since: i64,
     pub trigger: Trigger,
 }
 
@@ -77,7 +80,9 @@ impl PolicyState {
             let key = (subject.fingerprint.to_owned(), subject.trigger);
             let repeat = subject.trigger == Trigger::Repeat;
             match self.acted.get(&key) {
-                Some(&episode) if episode >= subject.episode && !repeat => {
+                Some(&(episode, since))
+                    if since == subject.since && episode >= subject.episode && !repeat =>
+                {
                     let detail = format!(
                         "already acted on {} of episode {}",
                         subject.trigger.name(),
@@ -167,7 +172,7 @@ impl PolicyState {
         if subject.trigger != Trigger::Ineffective {
             self.acted.insert(
                 (subject.fingerprint.to_owned(), subject.trigger),
-                subject.episode,
+                (subject.episode, subject.since),
             );
             self.last_action.insert(subject.fingerprint.to_owned(), now);
         }
@@ -228,6 +233,29 @@ impl PolicyState {
         None
     }
 
+    /// Counts a decision read back from the memory as [`PolicyState::check`]
+    /// counted it when it was made: a restart neither forgets an episode
+    /// acted on, nor a cooldown, nor the runs of the last hour.
+    pub fn restore(&mut self, d: &Decision) {
+        // Counted when every policy up to approval passed.
+        if d.policy
+            .checks
+            .iter()
+            .any(|c| !c.passed && c.policy != "approval")
+        {
+            return;
+        }
+        if d.trigger != Trigger::Ineffective {
+            self.acted.insert(
+                (d.fingerprint.clone(), d.trigger),
+                (d.episode, d.detection.since),
+            );
+            self.last_action.insert(d.fingerprint.clone(), d.at);
+        }
+        let at = self.recent.partition_point(|&t| t <= d.at);
+        self.recent.insert(at, d.at);
+    }
+
     /// Forgets instances not acted on for a day.
     pub fn prune(&mut self, now: i64) {
         self.last_action.retain(|_, t| *t > now - DAY);
@@ -266,6 +294,7 @@ mod tests {
         Subject {
             fingerprint: "fp",
             episode,
+            since: 0,
             trigger: Trigger::Firing,
         }
     }
@@ -308,6 +337,7 @@ mod tests {
         let other = |fp: &'static str| Subject {
             fingerprint: fp,
             episode: 1,
+            since: 0,
             trigger: Trigger::Firing,
         };
         assert!(p.check(&a, &other("a"), 0, 0, 16).verdict.runs());

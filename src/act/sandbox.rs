@@ -35,7 +35,7 @@ const DEADLINE_CHECK_EVERY: u64 = 256;
 
 /// The options considered, the choice, the expectation: the script's own
 /// account of its decision.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Reasoning {
     pub considered: Vec<Considered>,
     pub decision: Option<Considered>,
@@ -46,13 +46,13 @@ pub struct Reasoning {
     pub output: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Considered {
     pub option: String,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Expectation {
     pub description: String,
     #[serde(with = "crate::serde_duration")]
@@ -392,6 +392,7 @@ pub(crate) mod tests {
             runtime: runtime.handle().clone(),
             facts: Arc::new(Facts::default()),
             rule: "test".into(),
+            clock_offset: 0,
             attempt: 1,
             calls: Vec::new(),
             last_failure: None,

@@ -1162,6 +1162,7 @@ mod tests {
             otlp_http: any,
             api: any,
             rules: rules.path().into(),
+            data: "memory://".into(),
             ..Config::default()
         };
         let running = crate::server::start(config).await.expect("receiver starts");

@@ -13,12 +13,14 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::memory::journal::{Ack, Journal, Record};
+
 pub const MAX_KEYS: usize = 10_000;
 pub const MAX_VERSIONS: usize = 100;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// One version of a fact.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Fact {
     pub key: String,
     pub version: u64,
@@ -45,9 +47,50 @@ pub enum FactError {
 #[derive(Debug, Default)]
 pub struct Facts {
     keys: RwLock<BTreeMap<String, VecDeque<Fact>>>,
+    /// Where new versions are recorded, when the memory is on storage.
+    journal: std::sync::OnceLock<Journal>,
 }
 
 impl Facts {
+    /// Records every new version in `journal` from now on.
+    pub fn set_journal(&self, journal: Journal) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// Takes back versions read from the memory, in the order written.
+    pub fn restore(&self, facts: Vec<Fact>) {
+        let mut keys = self.keys.write();
+        for fact in facts {
+            let versions = keys.entry(fact.key.clone()).or_default();
+            if let Some(current) = versions.back_mut()
+                && current.valid_to.is_none()
+            {
+                current.valid_to = Some(fact.valid_from);
+            }
+            if versions.len() == MAX_VERSIONS {
+                versions.pop_front();
+            }
+            versions.push_back(fact);
+        }
+    }
+
+    /// Like [`Facts::put`], and records the version in the journal: the
+    /// answer says when it is durable.
+    pub fn put_recorded(
+        &self,
+        key: &str,
+        value: Value,
+        now: i64,
+        rule: &str,
+    ) -> Result<(u64, Option<Ack>), FactError> {
+        let version = self.put(key, value, now, rule)?;
+        let ack = self.journal.get().map(|j| {
+            let fact = self.get(key).expect("just written");
+            j.append(Record::Fact { fact })
+        });
+        Ok((version, ack))
+    }
+
     /// Writes a new version of `key`, valid from `now`. Returns its version.
     pub fn put(&self, key: &str, value: Value, now: i64, rule: &str) -> Result<u64, FactError> {
         if key.is_empty() || key.len() > 256 {

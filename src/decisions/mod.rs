@@ -22,11 +22,72 @@ use crate::act::host::HostCall;
 use crate::act::sandbox::Reasoning;
 use crate::rules::AlertState;
 
+/// Names the code compares against (`policy`, `kind`, `module`) are
+/// `&'static str`; read back from the memory they are interned, once each.
+pub fn static_name(name: String) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, Mutex};
+    static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Default::default);
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.get(name.as_str()) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// [`Check`] as stored.
+#[derive(serde::Deserialize)]
+struct CheckRead {
+    policy: String,
+    passed: bool,
+    detail: String,
+}
+
+impl From<CheckRead> for Check {
+    fn from(c: CheckRead) -> Self {
+        Self {
+            policy: static_name(c.policy),
+            passed: c.passed,
+            detail: c.detail,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Check {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <CheckRead as serde::Deserialize>::deserialize(d).map(Into::into)
+    }
+}
+
+/// [`RunError`] as stored.
+#[derive(serde::Deserialize)]
+struct RunErrorRead {
+    kind: String,
+    message: String,
+}
+
+impl From<RunErrorRead> for RunError {
+    fn from(e: RunErrorRead) -> Self {
+        Self {
+            kind: static_name(e.kind),
+            message: e.message,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RunError {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <RunErrorRead as serde::Deserialize>::deserialize(d).map(Into::into)
+    }
+}
+
 /// Decisions the log keeps (the dashboard shows the last 1000 actions).
 pub const DECISIONS_KEPT: usize = 1000;
 
 /// What the rule saw.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Detection {
     pub sql: String,
     /// The evaluation's window (UTC nanoseconds).
@@ -91,7 +152,7 @@ pub struct Check {
 }
 
 /// A human approval, asked and (perhaps) answered.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ApprovalRecord {
     pub requested_at: i64,
     pub expires_at: i64,
@@ -102,7 +163,7 @@ pub struct ApprovalRecord {
 }
 
 /// The policies' verdict.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Policy {
     pub verdict: Verdict,
     /// Why, in a sentence: "suppressed: cooldown until 2024-01-01T00:05:00Z".
@@ -123,6 +184,22 @@ pub enum RunStatus {
     /// The script chose to do nothing (`skip`).
     Skipped,
     Failed,
+    /// The process stopped (crash, kill) after the intent was recorded and
+    /// before the result was: whether the action took effect is unknown.
+    /// Not run again unless the action is declared `idempotent`.
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -134,7 +211,7 @@ pub struct RunError {
 }
 
 /// What happened when the action ran.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ActionRun {
     pub script: String,
     pub status: RunStatus,
@@ -184,7 +261,7 @@ impl Outcome {
 }
 
 /// The outcome check.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Verification {
     /// The instance should have resolved by then (UTC nanoseconds).
     pub deadline: i64,
@@ -199,7 +276,7 @@ pub struct Verification {
 }
 
 /// One decision's whole path.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Decision {
     pub id: String,
     /// The rationale trace's id (lowercase hex).

@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use sha2::{Digest, Sha256};
 
-use super::{Decision, Outcome, RunStatus};
+use super::{Decision, Outcome};
 use crate::act::host::CallStatus;
 
 /// The service name rationale spans carry (and rules can watch).
@@ -204,15 +204,7 @@ pub fn action_spans(d: &Decision) -> Vec<Span> {
             text("gen_ai.agent.name", SERVICE_NAME),
             text("homeostat.script", &run.script),
             text("homeostat.trigger", d.trigger.name()),
-            text(
-                "homeostat.run.status",
-                match run.status {
-                    RunStatus::Running => "running",
-                    RunStatus::Succeeded => "succeeded",
-                    RunStatus::Skipped => "skipped",
-                    RunStatus::Failed => "failed",
-                },
-            ),
+            text("homeostat.run.status", run.status.name()),
             int("homeostat.run.attempts", i64::from(run.attempts)),
             int(
                 "homeostat.run.operations",

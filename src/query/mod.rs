@@ -24,6 +24,15 @@ pub struct QueryOptions {
     pub timeout: Duration,
 }
 
+/// Why an offline query engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error("cannot read the storage: {0}")]
+    Storage(String),
+    #[error("cannot set up the query engine: {0}")]
+    Engine(#[from] DataFusionError),
+}
+
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -135,16 +144,47 @@ pub struct QueryEngine {
 
 impl QueryEngine {
     pub fn new(store: &Store, options: QueryOptions) -> Result<Self, DataFusionError> {
+        let ctx = Self::context(&options)?;
+        for table in store.tables() {
+            ctx.register_table(table.name(), Arc::new(StoreTable::new(table.clone())))?;
+        }
+        crate::memory::tables::register(&ctx, store.memory_index())?;
+        Ok(Self { ctx, options })
+    }
+
+    fn context(options: &QueryOptions) -> Result<SessionContext, DataFusionError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(options.memory_limit, 1.0)
             .build_arc()?;
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("homeostat", "public");
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
-        for table in store.tables() {
-            ctx.register_table(table.name(), Arc::new(StoreTable::new(table.clone())))?;
+        Ok(SessionContext::new_with_config_rt(config, runtime))
+    }
+
+    /// SQL over what `storage` keeps, with no instance running: the
+    /// archived `spans`, `logs` and `metrics` (with their `date` and `hour`
+    /// partition columns) and the memory's `decisions` and `facts`.
+    pub async fn offline(
+        storage: &crate::memory::Storage,
+        options: QueryOptions,
+    ) -> Result<Self, OfflineError> {
+        let ctx = Self::context(&options)?;
+        let archive =
+            crate::memory::archive::Archive::new(storage.clone(), "query", Default::default())
+                .map_err(|e| OfflineError::Storage(e.to_string()))?;
+        archive.register(&ctx).await?;
+        let loaded = crate::memory::load(storage)
+            .await
+            .map_err(|e| OfflineError::Storage(e.to_string()))?;
+        for p in &loaded.problems {
+            tracing::warn!(problem = %p, "the memory does not verify (`homeostat audit verify`)");
         }
+        let index = Arc::new(crate::memory::tables::MemoryIndex::default());
+        for e in loaded.chains.values().flatten() {
+            index.apply(&e.entry, &e.hash);
+        }
+        crate::memory::tables::register(&ctx, &index)?;
         Ok(Self { ctx, options })
     }
 

@@ -80,6 +80,7 @@ impl RulePlanner {
         for table in store.tables() {
             ctx.register_table(table.name(), Arc::new(StoreTable::new(table.clone())))?;
         }
+        crate::memory::tables::register(&ctx, store.memory_index())?;
         ctx.register_udf(ScalarUDF::new_from_impl(WindowBound::new(WINDOW_START)));
         ctx.register_udf(ScalarUDF::new_from_impl(WindowBound::new(WINDOW_END)));
         super::functions::register(&ctx);

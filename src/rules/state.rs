@@ -88,6 +88,10 @@ pub struct Event {
     pub fingerprint: String,
     pub labels: BTreeMap<String, String>,
     pub episode: u64,
+    /// When the episode started matching: with `episode`, what tells one
+    /// episode from another (an instance forgotten and seen again starts
+    /// counting episodes anew).
+    pub since: i64,
     pub transition: Transition,
 }
 
@@ -168,6 +172,7 @@ impl RuleState {
                     fingerprint: fingerprint.clone(),
                     labels: instance.labels.clone(),
                     episode: instance.episode,
+                    since: instance.active_since,
                     transition: t,
                 });
             }
@@ -212,6 +217,7 @@ impl RuleState {
                 fingerprint: fingerprint.clone(),
                 labels: instance.labels.clone(),
                 episode: instance.episode,
+                since: instance.active_since,
                 transition: t,
             };
             if to == AlertState::Inactive {

@@ -4,7 +4,9 @@
 //! Writers reserve the bytes of a batch before it is added; when the budget
 //! is full the reservation fails and the receivers answer "retry later"
 //! (HTTP 429, gRPC UNAVAILABLE) instead of growing. Accepted data leaves only
-//! through retention, which is counted and logged, never silently.
+//! through retention or a drain at shutdown, which are counted and logged,
+//! never silently, and which hand the batches back so that the archive
+//! (`memory::archive`) keeps them instead of letting them vanish.
 //!
 //! A batch lands in the partition of its earliest row and widens that
 //! partition's `[min, max]` time range, so pruning by time stays exact without
@@ -200,12 +202,16 @@ impl Table {
     }
 }
 
-/// What an expiry pass removed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What left one table's memory in an expiry pass or a drain: the counts,
+/// and the batches themselves, for the archive to keep.
+#[derive(Debug, Default, Clone)]
 pub struct Expired {
+    pub table: &'static str,
     pub partitions: u64,
     pub rows: u64,
     pub bytes: u64,
+    /// Oldest partition first. No longer counted against the budget.
+    pub batches: Vec<RecordBatch>,
 }
 
 /// All tables and the memory budget they share.
@@ -214,6 +220,9 @@ pub struct Store {
     tables: [Arc<Table>; 3],
     options: StoreOptions,
     used: AtomicU64,
+    /// The episodic memory's `decisions` and `facts`, registered beside
+    /// the telemetry tables wherever SQL runs.
+    memory: Arc<crate::memory::tables::MemoryIndex>,
 }
 
 impl Store {
@@ -234,7 +243,12 @@ impl Store {
             tables: Signal::ALL.map(table),
             options,
             used: AtomicU64::new(0),
+            memory: Arc::default(),
         }
+    }
+
+    pub fn memory_index(&self) -> &Arc<crate::memory::tables::MemoryIndex> {
+        &self.memory
     }
 
     pub fn options(&self) -> &StoreOptions {
@@ -314,26 +328,37 @@ impl Store {
         Ok(())
     }
 
-    /// Drops partitions whose newest row and last insert are both older than
-    /// the retention; `now` is wall-clock nanoseconds.
-    pub fn expire(&self, now: i64) -> Vec<(&'static str, Expired)> {
+    /// Takes out partitions whose newest row and last insert are both older
+    /// than the retention, one entry per table (empty when nothing expired);
+    /// `now` is wall-clock nanoseconds.
+    pub fn expire(&self, now: i64) -> Vec<Expired> {
         let horizon = now.saturating_sub(self.options.retention.as_nanos() as i64);
+        self.take(|p| p.max_time < horizon && p.last_insert < horizon)
+    }
+
+    /// Takes out everything, one entry per table: at shutdown, so that the
+    /// archive can keep what memory held.
+    pub fn drain(&self) -> Vec<Expired> {
+        self.take(|_| true)
+    }
+
+    fn take(&self, leaves: impl Fn(&Partition) -> bool) -> Vec<Expired> {
         let mut all = Vec::with_capacity(self.tables.len());
         for table in &self.tables {
-            let mut expired = Expired::default();
+            let mut expired = Expired {
+                table: table.name(),
+                ..Expired::default()
+            };
             let mut partitions = table.partitions.write();
-            partitions.retain(|_, p| {
-                let keep = p.max_time >= horizon || p.last_insert >= horizon;
-                if !keep {
-                    expired.partitions += 1;
-                    expired.rows += p.rows;
-                    expired.bytes += p.bytes;
-                }
-                keep
-            });
+            for (_, p) in partitions.extract_if(.., |_, p| leaves(p)) {
+                expired.partitions += 1;
+                expired.rows += p.rows;
+                expired.bytes += p.bytes;
+                expired.batches.extend(p.batches);
+            }
             drop(partitions);
             self.used.fetch_sub(expired.bytes, Ordering::AcqRel);
-            all.push((table.name(), expired));
+            all.push(expired);
         }
         all
     }

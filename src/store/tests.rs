@@ -87,16 +87,58 @@ fn retention_counts_from_event_time_and_arrival() {
     s.insert(Signal::Traces, spans_at(&[now - MINUTE]), MINUTE)
         .unwrap();
     let before = s.used_bytes();
-    let expired: Vec<_> = s
-        .expire(now)
-        .into_iter()
-        .filter(|(_, e)| e.rows > 0)
-        .collect();
+    let expired: Vec<_> = s.expire(now).into_iter().filter(|e| e.rows > 0).collect();
     assert_eq!(expired.len(), 1);
-    assert_eq!(expired[0].0, "spans");
-    assert_eq!(expired[0].1.rows, 1);
-    assert_eq!(s.used_bytes(), before - expired[0].1.bytes);
+    assert_eq!(expired[0].table, "spans");
+    assert_eq!(expired[0].rows, 1);
+    assert_eq!(s.used_bytes(), before - expired[0].bytes);
     assert_eq!(s.table(Signal::Traces).usage().1, 2);
+}
+
+#[test]
+fn expired_rows_are_handed_back_not_dropped() {
+    let s = store(u64::MAX);
+    let now = 100 * MINUTE;
+    let old = spans_at(&[MINUTE, MINUTE + 1]);
+    s.insert(Signal::Traces, old.clone(), MINUTE).unwrap();
+    s.insert(Signal::Traces, spans_at(&[now]), now).unwrap();
+    let expired = s.expire(now);
+    let tables: Vec<_> = expired.iter().map(|e| e.table).collect();
+    assert_eq!(tables, ["spans", "metrics", "logs"], "one entry per table");
+    let spans = &expired[0];
+    assert_eq!(spans.batches, [old], "the expired batch itself comes back");
+    assert_eq!((spans.partitions, spans.rows), (1, 2));
+    assert!(expired[1].batches.is_empty() && expired[2].batches.is_empty());
+    // A second pass finds nothing more to expire.
+    assert!(s.expire(now).iter().all(|e| e.batches.is_empty()));
+}
+
+#[test]
+fn drain_takes_everything_and_frees_the_budget() {
+    let s = store(u64::MAX);
+    s.insert(Signal::Traces, spans_at(&[MINUTE]), 0).unwrap();
+    s.insert(Signal::Traces, spans_at(&[30 * MINUTE, 31 * MINUTE]), 0)
+        .unwrap();
+    let drained = s.drain();
+    let spans = &drained[0];
+    assert_eq!(spans.table, "spans");
+    assert_eq!((spans.partitions, spans.rows), (2, 3));
+    assert_eq!(
+        spans
+            .batches
+            .iter()
+            .map(RecordBatch::num_rows)
+            .collect::<Vec<_>>(),
+        [1, 2],
+        "oldest partition first"
+    );
+    assert_eq!(s.used_bytes(), 0);
+    assert_eq!(s.table(Signal::Traces).usage(), (0, 0));
+    assert!(
+        s.drain()
+            .iter()
+            .all(|e| e.rows == 0 && e.batches.is_empty())
+    );
 }
 
 #[test]

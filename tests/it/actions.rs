@@ -17,17 +17,22 @@ use serde_json::Value;
 
 use crate::common::{Instance, python, start_with};
 
-/// A webhook: counts and keeps the requests it gets; `/hang` never answers.
+/// A webhook: counts and keeps the requests it gets; `/slow` answers after
+/// 300 ms, `/hang` never answers.
 pub struct Webhook {
     pub url: String,
     pub calls: Arc<AtomicUsize>,
     pub bodies: Arc<parking_lot::Mutex<Vec<Value>>>,
+    /// Notified when a call reaches `/hang`.
+    pub hung: Arc<tokio::sync::Notify>,
 }
 
 pub async fn webhook() -> Webhook {
     let calls = Arc::new(AtomicUsize::new(0));
     let bodies = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let (c, b) = (calls.clone(), bodies.clone());
+    let hung = Arc::new(tokio::sync::Notify::new());
+    let h = hung.clone();
     let app = Router::new()
         .route(
             "/hook",
@@ -38,8 +43,22 @@ pub async fn webhook() -> Webhook {
             }),
         )
         .route(
+            "/slow",
+            post({
+                let (b, c) = (bodies.clone(), calls.clone());
+                move |body: axum::Json<Value>| async move {
+                    b.lock().push(body.0);
+                    c.fetch_add(1, Ordering::SeqCst);
+                    // A slow remote: answers 300 ms after it got the call.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    axum::Json(serde_json::json!({ "ok": true }))
+                }
+            }),
+        )
+        .route(
             "/hang",
-            post(|| async {
+            post(move || async move {
+                h.notify_one();
                 std::future::pending::<()>().await;
                 "never"
             }),
@@ -47,7 +66,12 @@ pub async fn webhook() -> Webhook {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Webhook { url, calls, bodies }
+    Webhook {
+        url,
+        calls,
+        bodies,
+        hung,
+    }
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) {

@@ -44,6 +44,8 @@ pub fn local_config() -> Config {
         otlp_grpc: any,
         otlp_http: any,
         api: any,
+        // Each instance its own memory, gone with it.
+        data: "memory://".into(),
         ..Config::default()
     }
 }

@@ -36,4 +36,17 @@ fn every_column_is_documented_and_every_doc_is_a_column() {
             signal.table()
         );
     }
+    use homeostat::memory::tables;
+    for (name, schema, docs) in [
+        (
+            "decisions",
+            tables::decisions_schema(),
+            tables::DECISION_COLUMN_DOCS,
+        ),
+        ("facts", tables::facts_schema(), tables::FACT_COLUMN_DOCS),
+    ] {
+        let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let documented: Vec<&str> = docs.iter().map(|(c, _)| *c).collect();
+        assert_eq!(columns, documented, "{name}: columns and docs differ");
+    }
 }

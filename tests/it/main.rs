@@ -9,6 +9,8 @@ mod common;
 mod config_files;
 mod docs;
 mod json;
+mod memory;
 mod policies;
 mod rules;
+mod s3;
 mod sdk;

@@ -42,7 +42,7 @@ pub(super) fn detection(
         window_end: window.end.unwrap_or(i64::MAX),
         rows: evidence.num_rows(),
         state: e.transition.to,
-        since: e.transition.at,
+        since: e.since,
         values: e.transition.values.clone(),
         evidence: own,
         evidence_trace_ids: trace_ids,

@@ -12,6 +12,7 @@ use crate::decisions::trace::{action_spans, closing_spans};
 use crate::decisions::{Outcome, RunError, RunStatus, Verification};
 use crate::ingest::now_nanos;
 use crate::internal_events::ActionRan;
+use crate::memory::journal::{JournalError, Stage};
 
 impl Actor {
     /// Runs the script, retrying what a retry can help, then records.
@@ -19,6 +20,14 @@ impl Actor {
     /// Runs on a script thread from start to end: one hop off the caller's
     /// runtime, none back and forth per attempt.
     pub(super) fn execute(self: Arc<Self>, mut prepared: Prepared) {
+        // The intent must be durable before anything runs: a crash after
+        // this point leaves a record that says so (interrupted).
+        if let Some(intent) = prepared.intent.take() {
+            let recorded = intent.blocking_recv().unwrap_or(Err(JournalError::Stopped));
+            if let Err(e) = recorded {
+                return self.not_recorded(prepared, &e);
+            }
+        }
         let started = Instant::now();
         let started_at = prepared.decision.run.as_ref().map_or(0, |r| r.started_at);
         let rule = prepared.rule.clone();
@@ -49,6 +58,10 @@ impl Actor {
                     runtime: self.scripts.handle(),
                     facts: self.facts.clone(),
                     rule: rule.name.clone(),
+                    clock_offset: match self.clock {
+                        Clock::Wall => 0,
+                        Clock::Virtual(_) => self.clock.now() - now_nanos(),
+                    },
                     attempt,
                     calls: Vec::new(),
                     last_failure: None,
@@ -77,7 +90,7 @@ impl Actor {
             match &report.result {
                 Err(e) if e.retryable() && attempt <= action.retries => {
                     prepared.decision.updated_at = self.clock.now();
-                    self.log.upsert(&prepared.decision);
+                    self.record(&prepared.decision, Stage::Retry);
                     // A backoff, not a wait for something: the outside world
                     // gets time to recover.
                     std::thread::sleep(backoff);
@@ -176,7 +189,7 @@ impl Actor {
                 resolved_at: None,
                 escalation: None,
             });
-            self.log.upsert(d);
+            self.record(d, Stage::Result);
             self.state.lock().verifying.insert(
                 d.id.clone(),
                 Verifying {
@@ -186,8 +199,38 @@ impl Actor {
             );
         } else {
             d.outcome = Outcome::None;
-            self.log.upsert(d);
+            self.record(d, Stage::Result);
             self.sink.emit(closing_spans(d), now, &self.metrics);
         }
+    }
+
+    /// The intent could not be recorded: the action does not run, and the
+    /// decision says why.
+    fn not_recorded(&self, mut prepared: Prepared, error: &JournalError) {
+        {
+            let mut state = self.state.lock();
+            state.running = state.running.saturating_sub(1);
+            if let Some(p) = state.policies.get_mut(&prepared.rule.name) {
+                p.running = p.running.saturating_sub(1);
+            }
+        }
+        let now = self.clock.now();
+        let d = &mut prepared.decision;
+        if let Some(run) = d.run.as_mut() {
+            run.status = RunStatus::Failed;
+            run.ended_at = Some(now);
+            run.error = Some(RunError {
+                kind: "not_recorded",
+                message: format!(
+                    "the action did not run: its intent could not be recorded: {error}"
+                ),
+            });
+        }
+        d.outcome = Outcome::None;
+        d.updated_at = now;
+        self.record(d, Stage::Result);
+        let mut spans = action_spans(d);
+        spans.extend(closing_spans(d));
+        self.sink.emit(spans, now, &self.metrics);
     }
 }

@@ -12,6 +12,7 @@
 //! - [`execute`]: a script run, retries, the record.
 //! - [`verify`]: outcomes, expiry, escalation, repeats.
 //! - [`evidence`]: what the decision and the script see of the evaluation.
+//! - [`recover`]: what a restart takes back from the memory.
 //!
 //! Time is passed in (`now`): `homeostat run` passes the wall clock,
 //! `homeostat test` a virtual one, and the same code runs in both.
@@ -31,7 +32,10 @@ use tokio_util::sync::CancellationToken;
 
 mod evidence;
 mod execute;
+mod recover;
 mod verify;
+
+pub use recover::Restored;
 
 use evidence::{alert_value, detection};
 
@@ -46,6 +50,7 @@ use crate::decisions::{
 };
 use crate::ingest::{ExportRequest, Signal, now_nanos};
 use crate::internal_events::{ApprovalsPending, DecisionMade, DecisionSpansDropped, Metrics};
+use crate::memory::journal::{Ack, AlertChange, Journal, Record, Stage};
 use crate::rules::engine::{Executor, RuleEvent};
 use crate::rules::{AlertState, CompiledRule, RuleEngine};
 use crate::store::Store;
@@ -113,6 +118,8 @@ struct Prepared {
     alert: Value,
     /// The escalation script instead of the rule's own.
     escalation: bool,
+    /// Answers when the intent to run is durable.
+    intent: Option<Ack>,
 }
 
 /// A decision waiting for the instance to resolve.
@@ -165,6 +172,8 @@ pub struct Actor {
     dry_run_all: bool,
     nonce: String,
     counter: AtomicU64,
+    /// The decision log on storage, when there is one.
+    journal: Option<Journal>,
 }
 
 /// Decisions waiting for their outcome at most; past it, a new action's
@@ -197,6 +206,26 @@ impl Actor {
             dry_run_all: false,
             nonce: format!("{}.{}", std::process::id(), now_nanos()),
             counter: AtomicU64::new(0),
+            journal: None,
+        })
+    }
+
+    /// Records every decision, alert transition and fact in `journal`.
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.facts.set_journal(journal.clone());
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Updates the decision in the log and appends it to the journal.
+    /// The answer says when it is durable (`None` without a journal).
+    fn record(&self, decision: &Decision, stage: Stage) -> Option<Ack> {
+        self.log.upsert(decision);
+        self.journal.as_ref().map(|j| {
+            j.append(Record::Decision {
+                stage,
+                decision: Box::new(decision.clone()),
+            })
         })
     }
 
@@ -308,6 +337,23 @@ impl Actor {
         let rule = &event.rule;
         let e = &event.event;
         let to = e.transition.to;
+        if let Some(journal) = &self.journal {
+            // Not waited for: a transition lost in a crash is found again
+            // by the next evaluation; an action's intent, which follows it
+            // in the same queue, is waited for.
+            drop(journal.append(Record::Alert {
+                alert: AlertChange {
+                    rule: rule.name.clone(),
+                    fingerprint: e.fingerprint.clone(),
+                    labels: e.labels.clone(),
+                    episode: e.episode,
+                    from: e.transition.from,
+                    to,
+                    at: e.transition.at,
+                    since: e.since,
+                },
+            }));
+        }
         if to == AlertState::Resolved {
             self.resolved(&rule.name, &e.fingerprint, e.episode, e.transition.at);
         }
@@ -374,6 +420,7 @@ impl Actor {
                 &Subject {
                     fingerprint,
                     episode,
+                    since: detection.since,
                     trigger,
                 },
                 now,
@@ -429,6 +476,7 @@ impl Actor {
             decision,
             alert,
             escalation: escalates.is_some(),
+            intent: None,
         };
         let run = match prepared.decision.policy.verdict {
             Verdict::Allowed => self.start(prepared, now),
@@ -443,7 +491,7 @@ impl Actor {
                     by: None,
                     comment: None,
                 });
-                self.log.upsert(&prepared.decision);
+                self.record(&prepared.decision, Stage::AwaitingApproval);
                 let mut state = self.state.lock();
                 state.approvals.insert(id.clone(), (prepared, expires_at));
                 ApprovalsPending(state.approvals.len()).emit(&self.metrics);
@@ -461,7 +509,7 @@ impl Actor {
     fn finish_without_run(&self, mut decision: Decision, now: i64) -> Decision {
         decision.outcome = Outcome::None;
         decision.updated_at = now;
-        self.log.upsert(&decision);
+        self.record(&decision, Stage::Decided);
         let mut spans = action_spans(&decision);
         spans.extend(closing_spans(&decision));
         self.sink.emit(spans, now, &self.metrics);
@@ -579,7 +627,19 @@ impl Actor {
             operations: 0,
         });
         prepared.decision.updated_at = now;
-        self.log.upsert(&prepared.decision);
+        prepared.intent = self.record(&prepared.decision, Stage::Intent);
+        // The engine's own per-instance memory: a version per run, so that
+        // scripts can count (`memory::count`) and SQL can list the runs.
+        let d = &prepared.decision;
+        let acted = serde_json::json!({ "decision": d.id, "trigger": d.trigger.name(), "dry_run": d.policy.dry_run });
+        if let Err(e) = self.facts.put_recorded(
+            &format!("acted/{}/{}", d.rule, d.fingerprint),
+            acted,
+            now,
+            "homeostat",
+        ) {
+            tracing::warn!(error = %e, "cannot record the run in the facts");
+        }
         let actor = self.clone();
         Some(
             self.scripts

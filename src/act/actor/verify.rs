@@ -12,6 +12,7 @@ use crate::act::policy::rfc3339;
 use crate::decisions::trace::closing_spans;
 use crate::decisions::{Detection, Outcome, Verdict};
 use crate::internal_events::{ApprovalsPending, DecisionMade, OutcomeVerified};
+use crate::memory::journal::Stage;
 use crate::rules::{AlertState, RuleEngine};
 
 impl Actor {
@@ -51,7 +52,7 @@ impl Actor {
                 outcome: d.outcome,
             }
             .emit(&self.metrics);
-            self.log.upsert(&d);
+            self.record(&d, Stage::Outcome);
             self.sink.emit(closing_spans(&d), at, &self.metrics);
         }
     }
@@ -143,7 +144,7 @@ impl Actor {
             }
             started.extend(run.flatten());
             d.updated_at = now;
-            self.log.upsert(&d);
+            self.record(&d, Stage::Outcome);
             self.sink.emit(closing_spans(&d), now, &self.metrics);
         }
         started.extend(self.repeats(rules, now));

@@ -70,7 +70,7 @@ pub struct CallLimits {
 }
 
 /// How a host call went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallStatus {
     /// Performed; the target answered (whatever the answer).
@@ -120,6 +120,42 @@ pub struct HostCall {
     pub attempt: u32,
 }
 
+/// [`HostCall`] as stored in the memory.
+#[derive(serde::Deserialize)]
+struct HostCallRead {
+    module: String,
+    function: String,
+    target: String,
+    started_at: i64,
+    duration_ns: u64,
+    status: CallStatus,
+    error: Option<String>,
+    detail: serde_json::Value,
+    attempt: u32,
+}
+
+impl From<HostCallRead> for HostCall {
+    fn from(c: HostCallRead) -> Self {
+        Self {
+            module: crate::decisions::static_name(c.module),
+            function: c.function,
+            target: c.target,
+            started_at: c.started_at,
+            duration_ns: c.duration_ns,
+            status: c.status,
+            error: c.error,
+            detail: c.detail,
+            attempt: c.attempt,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HostCall {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <HostCallRead as serde::Deserialize>::deserialize(d).map(Into::into)
+    }
+}
+
 /// A host call's failure, as the script sees it (a thrown error it may
 /// catch) and as the decision records it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,6 +192,10 @@ pub struct RunContext {
     pub facts: Arc<Facts>,
     /// The rule the script belongs to, for the memory module.
     pub rule: String,
+    /// The decision's clock minus the wall clock: 0 live, the virtual
+    /// time's lead under `homeostat test` and `replay`. Facts are stamped
+    /// on the decision's clock.
+    pub clock_offset: i64,
     pub attempt: u32,
     /// What the script has done so far.
     pub calls: Vec<HostCall>,
@@ -197,6 +237,7 @@ pub struct CallEnv {
     pub limits: CallLimits,
     pub facts: Arc<Facts>,
     pub rule: String,
+    pub clock_offset: i64,
 }
 
 /// A host call about to be made.
@@ -250,6 +291,7 @@ where
                 limits: c.limits,
                 facts: c.facts.clone(),
                 rule: c.rule.clone(),
+                clock_offset: c.clock_offset,
             },
             c.dry_run,
             c.runtime.clone(),

@@ -57,6 +57,18 @@ pub fn tables_markdown() -> String {
             logs::schema(),
             logs::COLUMN_DOCS,
         ),
+        (
+            "decisions",
+            "The episodic memory: one row per decision, as it stands now (see docs/memory.md).",
+            crate::memory::tables::decisions_schema(),
+            crate::memory::tables::DECISION_COLUMN_DOCS,
+        ),
+        (
+            "facts",
+            "The episodic memory: every version of every fact, SCD-2 style.",
+            crate::memory::tables::facts_schema(),
+            crate::memory::tables::FACT_COLUMN_DOCS,
+        ),
     ];
     for (name, what, schema, docs) in tables {
         let _ = write!(
