@@ -85,6 +85,9 @@ pub struct Metrics {
     decision_spans_dropped: Counter,
     exported_spans: Family<ResultLabels, Counter>,
     export_retries: Counter,
+    memory_entries: Counter,
+    memory_objects: Counter,
+    memory_failures: Counter,
     archive: ArchiveMetrics,
 }
 
@@ -142,6 +145,9 @@ impl Metrics {
             decision_spans_dropped: Counter::default(),
             exported_spans: Family::default(),
             export_retries: Counter::default(),
+            memory_entries: Counter::default(),
+            memory_objects: Counter::default(),
+            memory_failures: Counter::default(),
             archive: ArchiveMetrics::default(),
             registry: Registry::default(),
         };
@@ -247,6 +253,21 @@ impl Metrics {
             "Export requests retried after a retryable failure",
             m.export_retries.clone(),
         );
+        registry.register(
+            "memory_entries",
+            "Entries made durable in this node's decision log",
+            m.memory_entries.clone(),
+        );
+        registry.register(
+            "memory_objects",
+            "Objects written to this node's decision log (entries appended together share one)",
+            m.memory_objects.clone(),
+        );
+        registry.register(
+            "memory_entry_failures",
+            "Entries the decision log could not record (storage failed, queue full, node name conflict)",
+            m.memory_failures.clone(),
+        );
         m.archive.register(&mut registry);
         Self { registry, ..m }
     }
@@ -268,6 +289,18 @@ impl Metrics {
             );
         }
         catch_up(&self.export_retries, stats.batches_retried);
+    }
+
+    /// Brings the decision log counters up to the writer's own counts.
+    pub fn observe_memory(&self, stats: &crate::memory::journal::JournalStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (counter, total) in [
+            (&self.memory_entries, stats.entries.load(Relaxed)),
+            (&self.memory_objects, stats.objects.load(Relaxed)),
+            (&self.memory_failures, stats.failures.load(Relaxed)),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     pub fn render(&self, store: &Store) -> String {

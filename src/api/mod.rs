@@ -112,6 +112,9 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             if let Some(exporter) = &state.exporter {
                 state.metrics.observe_export(exporter.stats());
             }
+            if let Some(journal) = state.actor.journal() {
+                state.metrics.observe_memory(journal.stats());
+            }
             state.metrics.render(&state.store)
         },
     )

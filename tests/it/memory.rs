@@ -135,6 +135,9 @@ pub async fn restart_during_cooldown(data: &str) {
     });
     assert_eq!(all.len(), 2, "{all:#?}");
     crate::rules::wait_for(&mut watch, "watch", AlertState::Firing).await;
+    let entries = h.metric("homeostat_memory_entries_total").await;
+    assert!(entries.is_some_and(|n| n > 0.0), "{entries:?}");
+    assert_eq!(h.metric("homeostat_memory_entry_failures_total").await, Some(0.0));
 
     let facts = h
         .query("SELECT key, version, value, valid_to FROM facts WHERE key NOT LIKE 'acted/%' ORDER BY version")

@@ -256,6 +256,11 @@ impl Actor {
         self
     }
 
+    /// The decision log on storage, if there is one.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
     pub fn log(&self) -> &Arc<DecisionLog> {
         &self.log
     }
