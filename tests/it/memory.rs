@@ -650,6 +650,18 @@ async fn a_replay_reproduces_the_record_and_shows_a_changed_threshold() {
         "a replay performs nothing"
     );
 
+    // DuckDB reads the archive as it is.
+    let duckdb = format!(
+        "import duckdb; print(duckdb.sql(\"SELECT count(*), min(date) FROM read_parquet('{data}/archive/spans/*/*/*.parquet', hive_partitioning = true) WHERE service_name LIKE 'replay-%'\").fetchall())"
+    );
+    let out = std::process::Command::new(crate::common::python())
+        .args(["-c", &duckdb])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.starts_with("[(9, datetime.date("), "{printed}");
+
     // The same through the command line, and the archive by SQL.
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
