@@ -256,6 +256,22 @@ impl PolicyState {
         self.recent.insert(at, d.at);
     }
 
+    /// Takes back what [`PolicyState::check`] counted for a run that did
+    /// not happen (its intent could not be recorded): the episode can be
+    /// acted on again, and the run counts toward no cooldown or rate.
+    pub fn forget(&mut self, d: &Decision) {
+        let key = (d.fingerprint.clone(), d.trigger);
+        if self.acted.get(&key) == Some(&(d.episode, d.detection.since)) {
+            self.acted.remove(&key);
+        }
+        if self.last_action.get(&d.fingerprint) == Some(&d.at) {
+            self.last_action.remove(&d.fingerprint);
+        }
+        if let Some(i) = self.recent.iter().rposition(|&t| t == d.at) {
+            self.recent.remove(i);
+        }
+    }
+
     /// Forgets instances not acted on for a day.
     pub fn prune(&mut self, now: i64) {
         self.last_action.retain(|_, t| *t > now - DAY);

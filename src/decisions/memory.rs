@@ -83,16 +83,24 @@ impl Facts {
         now: i64,
         rule: &str,
     ) -> Result<(u64, Option<Ack>), FactError> {
-        let version = self.put(key, value, now, rule)?;
-        let ack = self.journal.get().map(|j| {
-            let fact = self.get(key).expect("just written");
-            j.append(Record::Fact { fact })
-        });
-        Ok((version, ack))
+        self.insert(key, value, now, rule, true)
     }
 
     /// Writes a new version of `key`, valid from `now`. Returns its version.
     pub fn put(&self, key: &str, value: Value, now: i64, rule: &str) -> Result<u64, FactError> {
+        self.insert(key, value, now, rule, false).map(|(v, _)| v)
+    }
+
+    /// Writes a new version; with `record`, appends it to the journal under
+    /// the same lock, so that the log has the versions in their order.
+    fn insert(
+        &self,
+        key: &str,
+        value: Value,
+        now: i64,
+        rule: &str,
+        record: bool,
+    ) -> Result<(u64, Option<Ack>), FactError> {
         if key.is_empty() || key.len() > 256 {
             return Err(FactError::BadKey { len: key.len() });
         }
@@ -117,15 +125,20 @@ impl Facts {
         if versions.len() == MAX_VERSIONS {
             versions.pop_front();
         }
-        versions.push_back(Fact {
+        let fact = Fact {
             key: key.to_owned(),
             version,
             value,
             valid_from: now,
             valid_to: None,
             written_by: rule.to_owned(),
-        });
-        Ok(version)
+        };
+        let ack = match self.journal.get() {
+            Some(j) if record => Some(j.append(Record::Fact { fact: fact.clone() })),
+            _ => None,
+        };
+        versions.push_back(fact);
+        Ok((version, ack))
     }
 
     /// The current version of `key`.

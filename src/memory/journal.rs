@@ -11,6 +11,11 @@
 //! Changing a byte breaks the entry's hash; removing an entry or an object
 //! leaves a gap in `seq` and a `prev` that matches nothing. Both are found
 //! by [`read_chain`], which `homeostat audit verify` and every start run.
+//! Two things a chain cannot show by itself: entries cut from its very end
+//! (compare with a head kept elsewhere: `audit verify` prints each one),
+//! and a chain rewritten whole from some entry on by someone with write
+//! access who recomputes every hash (that needs a key the writer holds and
+//! the storage does not; not done).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,6 +63,10 @@ pub enum Record {
     Fact { fact: Fact },
     /// An alert instance changed state.
     Alert { alert: AlertChange },
+    /// A process started writing this chain: durable before it restores
+    /// anything, so that a second process with the same node name is
+    /// refused before it acts.
+    Start { pid: u32, version: String },
 }
 
 /// Where a decision was when it was recorded.
@@ -355,8 +364,16 @@ impl Writer {
         match self.storage.create(&path, bytes.clone()).await {
             Ok(()) => {}
             Err(StorageError::Exists { path }) => {
-                let same = self.storage.get(&path_of(&path)).await.ok() == Some(bytes.clone());
-                if !same {
+                let found = match self.storage.get(&path_of(&path)).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        // Cannot tell yet whose it is: the next write checks.
+                        self.uncertain = Some((first, bytes, tail));
+                        self.fail(batch, JournalError::Storage(e.to_string()));
+                        return;
+                    }
+                };
+                if found != bytes {
                     let conflict = JournalError::Conflict {
                         node: self.node.clone(),
                         path,

@@ -32,6 +32,11 @@ use crate::decisions::memory::Fact;
 pub enum MemoryError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("cannot start the decision log of node {node:?}: {error}")]
+    Journal {
+        node: String,
+        error: journal::JournalError,
+    },
     #[error(
         "the decision log of node {node:?} in {location} does not verify: {problem}; `homeostat audit verify --data {location}` lists every problem"
     )]
@@ -168,6 +173,16 @@ impl Memory {
         let journal = Journal::start(storage.clone(), node, tail);
         let observed = index.clone();
         journal.observe(move |entry, hash| observed.apply(entry, hash));
+        journal
+            .append_durable(Record::Start {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .await
+            .map_err(|e| MemoryError::Journal {
+                node: node.to_owned(),
+                error: e,
+            })?;
         Ok((
             Self {
                 storage,

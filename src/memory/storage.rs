@@ -34,7 +34,7 @@ pub enum StorageError {
         path: String,
         source: object_store::Error,
     },
-    #[error("cannot fsync {path}: {source}")]
+    #[error("cannot write {path} durably: {source}")]
     Sync {
         path: String,
         source: std::io::Error,
@@ -183,6 +183,29 @@ impl Storage {
     /// Writes `bytes` at `path` unless something is there already; durable
     /// (fsync'd, folder included) on a local store when it returns.
     pub async fn create(&self, path: &Path, bytes: Bytes) -> Result<(), StorageError> {
+        if let Some(fs) = &self.local {
+            let file = fs
+                .path_to_filesystem(path)
+                .map_err(|source| StorageError::Store {
+                    path: path.to_string(),
+                    source,
+                })?;
+            let shown = path.to_string();
+            let written = tokio::task::spawn_blocking(move || create_durable(&file, &bytes))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r);
+            return match written {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Err(StorageError::Exists { path: shown })
+                }
+                Err(source) => Err(StorageError::Sync {
+                    path: shown,
+                    source,
+                }),
+            };
+        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -204,23 +227,6 @@ impl Storage {
                     source,
                 });
             }
-        }
-        if let Some(fs) = &self.local {
-            let file = fs
-                .path_to_filesystem(path)
-                .map_err(|source| StorageError::Store {
-                    path: path.to_string(),
-                    source,
-                })?;
-            let shown = path.to_string();
-            tokio::task::spawn_blocking(move || sync_file_and_dir(&file))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|r| r)
-                .map_err(|source| StorageError::Sync {
-                    path: shown,
-                    source,
-                })?;
         }
         Ok(())
     }
@@ -274,10 +280,56 @@ impl Storage {
     }
 }
 
-fn sync_file_and_dir(file: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(file)?.sync_all()?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+/// Create-only and crash-safe on a local disk: the bytes go to a staging
+/// file (`name#digits`, which listings skip) that is fsync'd before it is
+/// hard-linked to its name (failing if the name exists), then the folder
+/// is fsync'd. A crash at any point leaves the name absent or complete,
+/// never partial. Folders created on the way are made durable too.
+fn create_durable(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STAGED: AtomicU64 = AtomicU64::new(0);
+    let dir = file
+        .parent()
+        .ok_or_else(|| std::io::Error::other("a file without a folder"))?;
+    create_dirs_durable(dir)?;
+    let name = file
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("a path without a file name"))?;
+    let mut staged_name = name.to_os_string();
+    staged_name.push(format!(
+        "#{}{:010}",
+        std::process::id(),
+        STAGED.fetch_add(1, Ordering::Relaxed)
+    ));
+    let staged = dir.join(staged_name);
+    let result = (|| {
+        let mut f = std::fs::File::create_new(&staged)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::hard_link(&staged, file)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    result?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// `create_dir_all`, with each new folder's parent fsync'd so that the new
+/// entry survives a power loss.
+fn create_dirs_durable(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs_durable(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())
 }

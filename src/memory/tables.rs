@@ -153,7 +153,7 @@ impl MemoryIndex {
                     node: entry.node.clone(),
                 });
             }
-            Record::Alert { .. } => {}
+            Record::Alert { .. } | Record::Start { .. } => {}
         }
     }
 

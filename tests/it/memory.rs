@@ -137,7 +137,10 @@ pub async fn restart_during_cooldown(data: &str) {
     crate::rules::wait_for(&mut watch, "watch", AlertState::Firing).await;
     let entries = h.metric("homeostat_memory_entries_total").await;
     assert!(entries.is_some_and(|n| n > 0.0), "{entries:?}");
-    assert_eq!(h.metric("homeostat_memory_entry_failures_total").await, Some(0.0));
+    assert_eq!(
+        h.metric("homeostat_memory_entry_failures_total").await,
+        Some(0.0)
+    );
 
     let facts = h
         .query("SELECT key, version, value, valid_to FROM facts WHERE key NOT LIKE 'acted/%' ORDER BY version")
@@ -659,7 +662,11 @@ async fn a_replay_reproduces_the_record_and_shows_a_changed_threshold() {
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(printed.starts_with("[(9, datetime.date("), "{printed}");
 
     // The same through the command line, and the archive by SQL.

@@ -212,6 +212,7 @@ impl Actor {
             state.running = state.running.saturating_sub(1);
             if let Some(p) = state.policies.get_mut(&prepared.rule.name) {
                 p.running = p.running.saturating_sub(1);
+                p.forget(&prepared.decision);
             }
         }
         let now = self.clock.now();

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::evidence::alert_value;
 use super::{Actor, Prepared, Verifying};
+use crate::act::config::Trigger;
 use crate::act::policy::rfc3339;
 use crate::decisions::trace::{action_spans, closing_spans};
 use crate::decisions::{Check, Decision, Outcome, RunError, RunStatus, Verdict};
@@ -83,12 +84,21 @@ impl Actor {
         for stored in loaded.decisions(node) {
             restored.decisions += 1;
             let d = stored.decision;
-            self.state
-                .lock()
-                .policies
-                .entry(d.rule.clone())
-                .or_default()
-                .restore(&d);
+            {
+                let mut state = self.state.lock();
+                state
+                    .policies
+                    .entry(d.rule.clone())
+                    .or_default()
+                    .restore(&d);
+                // Repeats count from the last run of the episode, not from
+                // the restart.
+                if matches!(d.trigger, Trigger::Firing | Trigger::Repeat) && d.run.is_some() {
+                    state
+                        .repeats
+                        .insert((d.rule.clone(), d.fingerprint.clone()), (d.episode, d.at));
+                }
+            }
             let rule = rules
                 .rule(&d.rule)
                 .map(|l| l.rule)
@@ -146,6 +156,13 @@ impl Actor {
                     restored.verifying += 1;
                 }
                 _ => self.log.upsert(&d),
+            }
+        }
+        // An instance that resolved before the crash settles the outcome of
+        // the actions waiting for it, as its transition would have.
+        for alert in loaded.alerts(node) {
+            if alert.to == AlertState::Resolved {
+                self.resolved(&alert.rule, &alert.fingerprint, alert.episode, alert.at);
             }
         }
         for ack in marked {

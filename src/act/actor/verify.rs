@@ -120,6 +120,14 @@ impl Actor {
                 outcome: d.outcome,
             }
             .emit(&self.metrics);
+            // The outcome is recorded before the escalation's intent (the log
+            // keeps order): after a crash, the parent is settled and does not
+            // escalate a second time.
+            if let Some(x) = d.verification.as_mut() {
+                x.checked_at = Some(now);
+            }
+            d.updated_at = now;
+            self.record(&d, Stage::Outcome);
             let escalation = v
                 .rule
                 .action
@@ -143,8 +151,12 @@ impl Actor {
                 x.escalation = escalation;
             }
             started.extend(run.flatten());
-            d.updated_at = now;
-            self.record(&d, Stage::Outcome);
+            if d.verification
+                .as_ref()
+                .is_some_and(|x| x.escalation.is_some())
+            {
+                self.record(&d, Stage::Outcome);
+            }
             self.sink.emit(closing_spans(&d), now, &self.metrics);
         }
         started.extend(self.repeats(rules, now));
