@@ -78,6 +78,8 @@ pub struct Running {
     pub exporter: Option<Exporter>,
     /// The episodic memory on storage.
     pub memory: Memory,
+    /// How long a graceful stop waits for running actions.
+    grace: std::time::Duration,
     /// The threads rules are evaluated on; stopped with the instance.
     _executor: Executor,
     /// Watches the rules folder while the instance runs.
@@ -255,6 +257,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         actor,
         exporter,
         memory,
+        grace: config.actions.timeout,
         _executor: executor,
         _watcher: watcher,
         shutdown,
@@ -330,7 +333,14 @@ impl Running {
         if let Some(exporter) = &self.exporter {
             exporter.flush().await;
         }
-        // Decisions recorded up to here are durable when this returns.
+        // Runs in progress end with their result (within the actions'
+        // timeout); then what is recorded is durable when this returns.
+        if tokio::time::timeout(self.grace, self.actor.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "actions still running at shutdown: a restart will mark them interrupted");
+        }
         self.memory.journal.flush().await;
         result
     }

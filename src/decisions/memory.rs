@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::memory::journal::{Ack, Journal, Record};
 
-pub const MAX_KEYS: usize = 10_000;
+pub const MAX_KEYS: usize = 100_000;
 pub const MAX_VERSIONS: usize = 100;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 

@@ -716,3 +716,28 @@ async fn a_replay_reproduces_the_record_and_shows_a_changed_threshold() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("[[2]]"), "{text}");
 }
+
+/// A graceful stop lets a running action finish and records its result:
+/// the next start finds it succeeded, not interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_waits_for_running_actions() {
+    let hook = webhook().await;
+    let rules = tempfile::tempdir().unwrap();
+    let text = rule("graceful", &hook.url, "").replace("hook\", #{", "slow\", #{");
+    write(rules.path(), "graceful.toml", &text);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let h = start_on(rules.path(), data).await;
+    send(&h, "graceful").await;
+    let running = decision(&h, "running", |d| {
+        d.run
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Running)
+    })
+    .await;
+    stop(h).await;
+    let after = stored(data).await;
+    let run = after[&running.id].run.clone().unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    assert_eq!(hook.calls.load(Ordering::SeqCst), 1);
+}

@@ -104,6 +104,7 @@ impl Actor {
         {
             let mut state = self.state.lock();
             state.running = state.running.saturating_sub(1);
+            self.running.send_replace(state.running);
             if let Some(p) = state.policies.get_mut(&rule.name) {
                 p.running = p.running.saturating_sub(1);
             }
@@ -210,6 +211,7 @@ impl Actor {
         {
             let mut state = self.state.lock();
             state.running = state.running.saturating_sub(1);
+            self.running.send_replace(state.running);
             if let Some(p) = state.policies.get_mut(&prepared.rule.name) {
                 p.running = p.running.saturating_sub(1);
                 p.forget(&prepared.decision);

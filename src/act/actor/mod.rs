@@ -174,6 +174,8 @@ pub struct Actor {
     counter: AtomicU64,
     /// The decision log on storage, when there is one.
     journal: Option<Journal>,
+    /// Runs in progress, for [`Actor::idle`].
+    running: tokio::sync::watch::Sender<usize>,
 }
 
 /// Decisions waiting for their outcome at most; past it, a new action's
@@ -207,7 +209,16 @@ impl Actor {
             nonce: format!("{}.{}", std::process::id(), now_nanos()),
             counter: AtomicU64::new(0),
             journal: None,
+            running: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Returns once no action is running (a graceful stop waits for this,
+    /// within a limit, so that runs end with their result recorded rather
+    /// than as interrupted).
+    pub async fn idle(&self) {
+        let mut running = self.running.subscribe();
+        let _ = running.wait_for(|n| *n == 0).await;
     }
 
     /// Records every decision, alert transition and fact in `journal`.
@@ -605,6 +616,7 @@ impl Actor {
         {
             let mut state = self.state.lock();
             state.running += 1;
+            self.running.send_replace(state.running);
             state
                 .policies
                 .entry(prepared.rule.name.clone())
