@@ -80,6 +80,7 @@ pub struct Running {
     pub memory: Memory,
     /// How long a graceful stop waits for running actions.
     grace: std::time::Duration,
+    archive: Arc<Archive>,
     /// The threads rules are evaluated on; stopped with the instance.
     _executor: Executor,
     /// Watches the rules folder while the instance runs.
@@ -225,7 +226,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         &node,
         config.archive.clone(),
     )?);
-    let archiving = archive.run(store.clone(), metrics.clone(), shutdown.clone());
+    let archiving = archive
+        .clone()
+        .run(store.clone(), metrics.clone(), shutdown.clone());
     tasks.spawn(async move {
         archiving.await;
         Ok(())
@@ -258,6 +261,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         exporter,
         memory,
         grace: config.actions.timeout,
+        archive,
         _executor: executor,
         _watcher: watcher,
         shutdown,
@@ -340,6 +344,16 @@ impl Running {
             .is_err()
         {
             tracing::warn!(grace = ?self.grace, "actions still running at shutdown: a restart will mark them interrupted");
+        }
+        // Requests in flight when the stop began, and the actions' last
+        // spans, were stored after the archive's own drain: archived too.
+        for expired in self.store.drain() {
+            if expired.batches.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.archive.write(expired.table, expired.batches).await {
+                tracing::error!(table = expired.table, error = %e, "telemetry stored during shutdown was not archived");
+            }
         }
         self.memory.journal.flush().await;
         result

@@ -619,9 +619,15 @@ impl Archive {
         })
         .await?;
         match self.storage.create(&path, bytes).await {
-            // The same inputs merged by another process of this node id:
-            // the same rows are there already.
-            Ok(()) | Err(StorageError::Exists { .. }) => Ok((shown, rows)),
+            Ok(()) => Ok((shown, rows)),
+            // The name is a digest of the inputs: a merge of the same inputs
+            // by another process of this node id. Its inputs may go only if
+            // it is really there (S3 can report a conflict for a write that
+            // did not happen).
+            Err(StorageError::Exists { .. }) => {
+                self.storage.get(&path).await?;
+                Ok((shown, rows))
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -282,7 +282,12 @@ async fn read_archive(
             .map_err(|e| e.to_string())?;
         if signal == Signal::Traces {
             df = df
-                .filter(col("service_name").not_eq(lit("homeostat")))
+                // Spans without a service name stay (`<>` would drop them).
+                .filter(datafusion::logical_expr::binary_expr(
+                    col("service_name"),
+                    datafusion::logical_expr::Operator::IsDistinctFrom,
+                    lit("homeostat"),
+                ))
                 .map_err(|e| e.to_string())?;
         }
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();

@@ -297,14 +297,19 @@ fn create_durable(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .ok_or_else(|| std::io::Error::other("a path without a file name"))?;
     let mut staged_name = name.to_os_string();
+    // Digits only (listings skip `name#digits`), unique per process and
+    // start: a staging file a crash left behind is never taken for it.
+    let started = crate::ingest::now_nanos();
     staged_name.push(format!(
-        "#{}{:010}",
+        "#{}{started}{:010}",
         std::process::id(),
         STAGED.fetch_add(1, Ordering::Relaxed)
     ));
     let staged = dir.join(staged_name);
     let result = (|| {
-        let mut f = std::fs::File::create_new(&staged)?;
+        // Only the link failing means the name exists.
+        let mut f = std::fs::File::create_new(&staged)
+            .map_err(|e| std::io::Error::other(format!("staging file: {e}")))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::hard_link(&staged, file)

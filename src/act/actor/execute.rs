@@ -104,7 +104,6 @@ impl Actor {
         {
             let mut state = self.state.lock();
             state.running = state.running.saturating_sub(1);
-            self.running.send_replace(state.running);
             if let Some(p) = state.policies.get_mut(&rule.name) {
                 p.running = p.running.saturating_sub(1);
             }
@@ -203,6 +202,14 @@ impl Actor {
             self.record(d, Stage::Result);
             self.sink.emit(closing_spans(d), now, &self.metrics);
         }
+        self.ran();
+    }
+
+    /// A run ended and its result is queued for the log: [`Actor::idle`]
+    /// may return once none is left.
+    fn ran(&self) {
+        let running = self.state.lock().running;
+        self.running.send_replace(running);
     }
 
     /// The intent could not be recorded: the action does not run, and the
@@ -211,7 +218,6 @@ impl Actor {
         {
             let mut state = self.state.lock();
             state.running = state.running.saturating_sub(1);
-            self.running.send_replace(state.running);
             if let Some(p) = state.policies.get_mut(&prepared.rule.name) {
                 p.running = p.running.saturating_sub(1);
                 p.forget(&prepared.decision);
@@ -235,5 +241,6 @@ impl Actor {
         let mut spans = action_spans(d);
         spans.extend(closing_spans(d));
         self.sink.emit(spans, now, &self.metrics);
+        self.ran();
     }
 }

@@ -117,7 +117,12 @@ impl Archive {
         };
         let bytes = memory(&batches);
         let mut pending = self.pending.lock();
-        if bounded && pending.bytes + bytes > self.config.max_pending.as_u64() {
+        // An empty queue takes any item, however large (the store's memory
+        // budget bounds it already): the bound is for a failing storage.
+        if bounded
+            && !pending.items.is_empty()
+            && pending.bytes + bytes > self.config.max_pending.as_u64()
+        {
             drop(pending);
             ArchiveRowsDropped {
                 table: signal.table(),
