@@ -31,6 +31,12 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
     #[error(transparent)]
     Archive(#[from] crate::memory::archive::ArchiveError),
+    #[error(transparent)]
+    Access(#[from] crate::auth::AuthError),
+    #[error(
+        "refusing to serve the API on {addr} without a token: anyone who reaches it could run SQL and approve actions. Set [web] token_file (or {API_TOKEN_ENV}), listen on 127.0.0.1, or pass --insecure-api if something in front of it (a proxy, a network policy) already controls access"
+    )]
+    InsecureApi { addr: SocketAddr },
 }
 
 /// The whole configuration file. Every key is optional; `homeostat run`
@@ -55,6 +61,12 @@ pub struct Config {
     pub node: String,
     /// OTLP receivers.
     pub ingest: IngestConfig,
+    /// The API and dashboard served on `api`: token, TLS, trace links.
+    pub web: WebConfig,
+    /// `--insecure-api`: serve the API on a non-loopback address without a
+    /// token. A command-line flag only, so that it is never left in a file.
+    #[serde(skip)]
+    pub insecure_api: bool,
     /// The in-memory store.
     pub store: StoreConfig,
     /// The SQL engine behind `/api/v1/query`.
@@ -83,6 +95,65 @@ pub struct IngestConfig {
     /// budget is full.
     #[serde(with = "crate::serde_duration")]
     pub retry_after: Duration,
+    /// Bearer token senders must present (`Authorization: Bearer ...`, as
+    /// `OTEL_EXPORTER_OTLP_HEADERS` sets it). The environment variable
+    /// `HOMEOSTAT_OTLP_TOKEN` overrides it. Empty: no token asked.
+    pub token: String,
+    /// A file holding that token instead.
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain: both receivers serve TLS when set.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[web]`: the HTTP API and the dashboard, on the `api` address.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Bearer token API requests must present; the dashboard asks for it
+    /// once and keeps a session cookie. `HOMEOSTAT_API_TOKEN` overrides it.
+    /// Required to listen on a non-loopback address (or `--insecure-api`),
+    /// because the API runs SQL and approves actions.
+    pub token: String,
+    /// A file holding that token instead.
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain: the API serves HTTPS when set.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Link from a decision to an external trace viewer, `{trace_id}`
+    /// replaced by the decision's rationale trace id: for Jaeger
+    /// `http://jaeger:16686/trace/{trace_id}`, for Grafana Tempo an Explore
+    /// URL. Empty: no link.
+    pub trace_url: String,
+}
+
+/// The environment variable that overrides `[web] token`.
+pub const API_TOKEN_ENV: &str = "HOMEOSTAT_API_TOKEN";
+/// The environment variable that overrides `[ingest] token`.
+pub const OTLP_TOKEN_ENV: &str = "HOMEOSTAT_OTLP_TOKEN";
+
+impl WebConfig {
+    pub fn access(&self) -> crate::auth::Access {
+        crate::auth::Access {
+            token: self.token.clone(),
+            token_file: self.token_file.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn access(&self) -> crate::auth::Access {
+        crate::auth::Access {
+            token: self.token.clone(),
+            token_file: self.token_file.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
 }
 
 /// `[store]`: the in-memory tables.
@@ -124,6 +195,8 @@ impl Default for Config {
             data: "data".into(),
             node: String::new(),
             ingest: IngestConfig::default(),
+            web: WebConfig::default(),
+            insecure_api: false,
             store: StoreConfig::default(),
             query: QueryConfig::default(),
             actions: Default::default(),
@@ -138,6 +211,10 @@ impl Default for IngestConfig {
         Self {
             max_request_size: ByteSize::mib(20),
             retry_after: Duration::from_secs(5),
+            token: String::new(),
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -210,6 +287,12 @@ impl Config {
             );
         }
         self.archive.validate()?;
+        if !self.web.trace_url.is_empty() && !self.web.trace_url.contains("{trace_id}") {
+            return invalid(
+                "web.trace_url",
+                "must contain {trace_id}, where the decision's trace id goes",
+            );
+        }
         if self.ingest.max_request_size.as_u64() == 0 {
             return invalid("ingest.max_request_size", "must be more than 0 bytes");
         }
@@ -272,6 +355,18 @@ impl Config {
             .unwrap_or_else(|| "local".into())
     }
 
+    /// The API's and the receivers' tokens, from the environment variables
+    /// `var` reads, the token files or the settings; and the check that an
+    /// API reachable from elsewhere has one.
+    pub fn tokens(&self, var: impl Fn(&str) -> Option<String>) -> Result<Tokens, ConfigError> {
+        let api = self.web.access().token("web", API_TOKEN_ENV, &var)?;
+        let otlp = self.ingest.access().token("ingest", OTLP_TOKEN_ENV, &var)?;
+        if api.is_none() && !self.api.ip().is_loopback() && !self.insecure_api {
+            return Err(ConfigError::InsecureApi { addr: self.api });
+        }
+        Ok(Tokens { api, otlp })
+    }
+
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             memory_budget: self.store.memory_budget.as_u64(),
@@ -287,6 +382,13 @@ impl Config {
             timeout: self.query.timeout,
         }
     }
+}
+
+/// The tokens the listeners ask for.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    pub api: Option<crate::auth::Token>,
+    pub otlp: Option<crate::auth::Token>,
 }
 
 /// 1-based line and column of a byte offset.

@@ -356,7 +356,7 @@ pub struct IngestRefused {
     pub signal: Signal,
     pub transport: Transport,
     /// One of `memory_budget`, `too_large`, `bad_request`,
-    /// `unsupported_media_type`, `internal`.
+    /// `unsupported_media_type`, `internal`, `unauthenticated`.
     pub reason: &'static str,
 }
 

@@ -19,6 +19,7 @@
 
 pub mod act;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod decisions;
 pub mod ingest;

@@ -120,6 +120,10 @@ struct RunArgs {
     /// This instance's name in the memory [default: the host name].
     #[arg(long, env = "HOMEOSTAT_NODE")]
     node: Option<String>,
+    /// Serve the API on a non-loopback address without a token, because
+    /// something in front of it (a proxy, a network policy) controls access.
+    #[arg(long)]
+    insecure_api: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -132,9 +136,15 @@ enum Format {
 struct QueryArgs {
     /// The SQL statement.
     sql: String,
-    /// Address of the instance's API.
+    /// Address of the instance's API: host:port, or a URL (https://...).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8480")]
     api: String,
+    /// The API's bearer token, when it asks for one.
+    #[arg(long, env = "HOMEOSTAT_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A PEM certificate to trust for an https:// API (a self-signed one).
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -214,6 +224,7 @@ fn resolve_config(args: RunArgs) -> Result<Config> {
     if let Some(n) = args.node {
         config.node = n;
     }
+    config.insecure_api = args.insecure_api;
     Ok(config)
 }
 
@@ -403,9 +414,22 @@ async fn query(args: QueryArgs) -> Result<()> {
         format!("http://{}", args.api)
     };
     let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
-    let response = reqwest::Client::new()
+    let mut client = reqwest::Client::builder();
+    if let Some(path) = &args.ca_cert {
+        let pem = std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("--ca-cert {}: not a PEM certificate", path.display()))?;
+        client = client.add_root_certificate(cert);
+    }
+    let mut request = client
+        .build()
+        .context("cannot set up the HTTP client")?
         .post(&url)
-        .json(&serde_json::json!({ "sql": args.sql }))
+        .json(&serde_json::json!({ "sql": args.sql }));
+    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
+        request = request.bearer_auth(token.trim());
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("cannot reach homeostat at {url}"))?;

@@ -108,6 +108,23 @@ fn local(
 /// Starts an instance on `config`.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     config.validate()?;
+    // Tokens and certificates are checked before anything listens.
+    let tokens = config.tokens(|name| std::env::var(name).ok())?;
+    let api_tls = config
+        .web
+        .access()
+        .tls("web", &[b"h2", b"http/1.1"])
+        .map_err(ConfigError::from)?;
+    let otlp_tls = config
+        .ingest
+        .access()
+        .tls("ingest", &[b"h2", b"http/1.1"])
+        .map_err(ConfigError::from)?;
+    let otlp_pem = config
+        .ingest
+        .access()
+        .tls_pem("ingest")
+        .map_err(ConfigError::from)?;
     let grpc_listener = bind("OTLP/gRPC", config.otlp_grpc).await?;
     let http_listener = bind("OTLP/HTTP", config.otlp_http).await?;
     let api_listener = bind("the API", config.api).await?;
@@ -196,15 +213,21 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         grpc_listener,
         ingester.clone(),
         max_request,
+        ingest::grpc::Access {
+            token: tokens.otlp.clone(),
+            tls_pem: otlp_pem,
+        },
         shutdown.clone(),
     ));
-    let otlp_router = ingest::http::router(ingester, max_request);
+    let otlp_router = ingest::http::router(ingester, max_request, tokens.otlp);
     tasks.spawn(serve_http(
         "OTLP/HTTP",
         http_listener,
         otlp_router,
+        otlp_tls,
         shutdown.clone(),
     ));
+    let tokens_api_set = tokens.api.is_some();
     let api_router = api::router(ApiState {
         engine: engine.clone(),
         store: store.clone(),
@@ -213,11 +236,23 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         actor: actor.clone(),
         exporter: exporter.clone(),
         ready: ready.clone(),
+        token: tokens.api,
+        info: Arc::new(api::Info {
+            version: env!("CARGO_PKG_VERSION"),
+            node: node.clone(),
+            data: memory.storage.location().to_owned(),
+            started_at: now_nanos(),
+            trace_url: config.web.trace_url.clone(),
+            auth: tokens_api_set,
+            tls: api_tls.is_some(),
+            decisions_kept: crate::decisions::DECISIONS_KEPT,
+        }),
     });
     tasks.spawn(serve_http(
         "API",
         api_listener,
         api_router,
+        api_tls,
         shutdown.clone(),
     ));
     // Telemetry leaving memory goes to the archive; at shutdown, all of it.
@@ -273,9 +308,10 @@ async fn serve_grpc(
     listener: TcpListener,
     ingester: Ingester,
     max_request: usize,
+    access: ingest::grpc::Access,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    ingest::grpc::serve(listener, ingester, max_request, shutdown)
+    ingest::grpc::serve(listener, ingester, max_request, access, shutdown)
         .await
         .map_err(|e| ServerError::Serve {
             what: "OTLP/gRPC",
@@ -283,19 +319,42 @@ async fn serve_grpc(
         })
 }
 
+/// How long a TLS server lets requests in flight finish after a stop.
+const TLS_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn serve_http(
     what: &'static str,
     listener: TcpListener,
     router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(|e| ServerError::Serve {
-            what,
-            message: e.to_string(),
-        })
+    let failed = |e: std::io::Error| ServerError::Serve {
+        what,
+        message: e.to_string(),
+    };
+    let Some(tls) = tls else {
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(failed);
+    };
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stopping.graceful_shutdown(Some(TLS_DRAIN));
+    });
+    let listener = listener.into_std().map_err(failed)?;
+    axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )
+    .map_err(failed)?
+    .handle(handle)
+    .serve(router.into_make_service())
+    .await
+    .map_err(failed)
 }
 
 impl Running {

@@ -1,7 +1,10 @@
 //! The HTTP API: SQL queries, rules, decisions and approvals, health and
 //! readiness, and the engine's own metrics in Prometheus format.
 
+pub mod access;
+mod dashboard;
 mod decisions;
+pub mod events;
 mod rules;
 
 use std::sync::Arc;
@@ -31,6 +34,29 @@ pub struct ApiState {
     pub exporter: Option<crate::decisions::export::Exporter>,
     /// Set once every receiver listens.
     pub ready: Arc<AtomicBool>,
+    /// The token requests must carry, when one is configured.
+    pub token: Option<crate::auth::Token>,
+    /// What `/api/v1/status` tells about this instance.
+    pub info: Arc<Info>,
+}
+
+/// This instance, as `GET /api/v1/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    pub version: &'static str,
+    pub node: String,
+    /// Where the memory and archive are.
+    pub data: String,
+    /// Start time (UTC nanoseconds).
+    pub started_at: i64,
+    /// The external trace viewer's URL template (`{trace_id}`), or empty.
+    pub trace_url: String,
+    /// Whether requests need a token.
+    pub auth: bool,
+    /// Whether the API serves HTTPS.
+    pub tls: bool,
+    /// Decisions the dashboard can show.
+    pub decisions_kept: usize,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -45,6 +71,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/events", get(events::stream))
+        .route("/", get(dashboard::index))
+        .route("/assets/{name}", get(dashboard::assets))
+        .route("/login", get(access::login_form).post(access::login))
+        .route("/logout", post(access::logout))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::require_token,
+        ))
         .with_state(state)
 }
 
@@ -92,6 +128,10 @@ async fn query(State(state): State<ApiState>, body: axum::body::Bytes) -> Respon
             json_error(status, message)
         }
     }
+}
+
+async fn status(State(state): State<ApiState>) -> Response {
+    axum::Json(state.info.as_ref()).into_response()
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {

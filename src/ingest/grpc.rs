@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use super::{ExportRequest, IngestError, Ingester};
@@ -34,6 +35,8 @@ use crate::internal_events::Transport;
 #[derive(Clone)]
 struct Receiver {
     ingester: Ingester,
+    /// The bearer token senders must present, when one is configured.
+    token: Option<crate::auth::Token>,
 }
 
 impl Receiver {
@@ -41,6 +44,22 @@ impl Receiver {
         &self,
         request: Request<R>,
     ) -> Result<Response<R::Response>, Status> {
+        if let Some(token) = &self.token {
+            let presented = request.metadata().get("authorization");
+            if !presented.is_some_and(|v| token.matches_header(v.as_bytes())) {
+                crate::internal_events::IngestRefused {
+                    signal: R::SIGNAL,
+                    transport: Transport::Grpc,
+                    reason: "unauthenticated",
+                }
+                .emit(self.ingester.metrics());
+                return Err(Status::unauthenticated(if presented.is_some() {
+                    "the bearer token is not this receiver's token"
+                } else {
+                    "a token is required: send authorization: Bearer <token> (OTEL_EXPORTER_OTLP_HEADERS)"
+                }));
+            }
+        }
         self.ingester
             .check_capacity(R::SIGNAL, Transport::Grpc)
             .and_then(|()| self.ingester.export(request.get_ref(), Transport::Grpc))
@@ -87,18 +106,35 @@ impl LogsService for Receiver {
     }
 }
 
+/// How the receiver is protected: a token, and TLS (certificate and key
+/// PEM).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub token: Option<crate::auth::Token>,
+    pub tls_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Serves OTLP/gRPC on `listener` until `shutdown` is cancelled, then lets
 /// requests in flight finish.
 pub async fn serve(
     listener: TcpListener,
     ingester: Ingester,
     max_message_size: usize,
+    access: Access,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let receiver = Receiver { ingester };
+    let receiver = Receiver {
+        ingester,
+        token: access.token,
+    };
     let gzip = CompressionEncoding::Gzip;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some((cert, key)) = access.tls_pem {
+        server =
+            server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+    }
+    server
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(
             TraceServiceServer::new(receiver.clone())

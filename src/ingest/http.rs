@@ -43,6 +43,7 @@ const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const INTERNAL: i32 = 13;
 const UNAVAILABLE: i32 = 14;
+const UNAUTHENTICATED: i32 = 16;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -63,17 +64,23 @@ impl Encoding {
 struct HttpState {
     ingester: Ingester,
     max_body: usize,
+    /// The bearer token senders must present, when one is configured.
+    token: Option<crate::auth::Token>,
 }
 
 /// The OTLP/HTTP routes.
-pub fn router(ingester: Ingester, max_body: usize) -> Router {
+pub fn router(ingester: Ingester, max_body: usize, token: Option<crate::auth::Token>) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<ExportTraceServiceRequest>))
         .route("/v1/metrics", post(export::<ExportMetricsServiceRequest>))
         .route("/v1/logs", post(export::<ExportLogsServiceRequest>))
         // The cap is enforced below, after decompression as well.
         .layer(DefaultBodyLimit::disable())
-        .with_state(HttpState { ingester, max_body })
+        .with_state(HttpState {
+            ingester,
+            max_body,
+            token,
+        })
 }
 
 /// A refusal: status, reason label and message.
@@ -113,6 +120,7 @@ impl Refusal {
             StatusCode::TOO_MANY_REQUESTS => RESOURCE_EXHAUSTED,
             StatusCode::SERVICE_UNAVAILABLE => UNAVAILABLE,
             StatusCode::INTERNAL_SERVER_ERROR => INTERNAL,
+            StatusCode::UNAUTHORIZED => UNAUTHENTICATED,
             _ => INVALID_ARGUMENT,
         }
     }
@@ -128,6 +136,12 @@ impl Refusal {
             None => status.message.into_response(),
         };
         *response.status_mut() = self.status;
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"otlp\""),
+            );
+        }
         if let Some(after) = self.retry_after {
             let secs = after.as_secs().max(1).to_string();
             response.headers_mut().insert(
@@ -152,6 +166,18 @@ async fn export<R: ExportRequest>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(token) = &state.token {
+        let presented = headers.get(header::AUTHORIZATION);
+        if !presented.is_some_and(|v| token.matches_header(v.as_bytes())) {
+            let message = if presented.is_some() {
+                "the bearer token is not this receiver's token"
+            } else {
+                "a token is required: send Authorization: Bearer <token> (OTEL_EXPORTER_OTLP_HEADERS)"
+            };
+            let refusal = Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", message);
+            return refuse::<R>(&state, refusal, content_type(&headers).ok());
+        }
+    }
     let encoding = match content_type(&headers) {
         Ok(e) => e,
         Err(refusal) => {
