@@ -85,10 +85,24 @@ pub struct Metrics {
     decision_spans_dropped: Counter,
     exported_spans: Family<ResultLabels, Counter>,
     export_retries: Counter,
+    export_queue: Gauge,
+    alert_instances: Family<AlertLabels, Gauge>,
+    script_errors: Family<ErrorKindLabels, Counter>,
     memory_entries: Counter,
     memory_objects: Counter,
     memory_failures: Counter,
     archive: ArchiveMetrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    rule: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorKindLabels {
+    kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,6 +159,9 @@ impl Metrics {
             decision_spans_dropped: Counter::default(),
             exported_spans: Family::default(),
             export_retries: Counter::default(),
+            export_queue: Gauge::default(),
+            alert_instances: Family::default(),
+            script_errors: Family::default(),
             memory_entries: Counter::default(),
             memory_objects: Counter::default(),
             memory_failures: Counter::default(),
@@ -254,6 +271,21 @@ impl Metrics {
             m.export_retries.clone(),
         );
         registry.register(
+            "export_queue_spans",
+            "Rationale spans waiting in the export queue",
+            m.export_queue.clone(),
+        );
+        registry.register(
+            "alert_instances",
+            "Alert instances per rule and state (pending, firing)",
+            m.alert_instances.clone(),
+        );
+        registry.register(
+            "script_errors",
+            "Action runs that ended in an error, by kind (deadline, operations, capability_denied, host_error, script_error...)",
+            m.script_errors.clone(),
+        );
+        registry.register(
             "memory_entries",
             "Entries made durable in this node's decision log",
             m.memory_entries.clone(),
@@ -289,6 +321,30 @@ impl Metrics {
             );
         }
         catch_up(&self.export_retries, stats.batches_retried);
+        self.export_queue.set(stats.queued as i64);
+    }
+
+    /// Sets the alert instance gauges from the rules' current state; rules
+    /// and states that have none are dropped rather than shown as 0 forever.
+    pub fn observe_alerts(&self, rules: &crate::rules::RuleEngine) {
+        use crate::rules::state::AlertState;
+        let mut counts = std::collections::BTreeMap::<(String, &'static str), i64>::new();
+        for (name, loaded) in rules.rules() {
+            let runtime = loaded.runtime.lock();
+            for instance in runtime.state.instances.values() {
+                if matches!(instance.state, AlertState::Pending | AlertState::Firing) {
+                    *counts
+                        .entry((name.clone(), instance.state.name()))
+                        .or_default() += 1;
+                }
+            }
+        }
+        self.alert_instances.clear();
+        for ((rule, state), n) in counts {
+            self.alert_instances
+                .get_or_create(&AlertLabels { rule, state })
+                .set(n);
+        }
     }
 
     /// Brings the decision log counters up to the writer's own counts.
@@ -516,6 +572,10 @@ impl ActionRan<'_> {
         let error = self.run.error.as_ref().map_or("", |e| e.kind);
         match &self.run.error {
             Some(e) => {
+                metrics
+                    .script_errors
+                    .get_or_create(&ErrorKindLabels { kind: e.kind })
+                    .inc();
                 tracing::warn!(rule = self.rule, kind = e.kind, error = %e.message, "action failed")
             }
             None => tracing::info!(

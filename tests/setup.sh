@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need, idempotently: a Python virtual
-# environment with the OpenTelemetry SDK under target/test-env. Safe to run
-# again; does nothing when the environment is already current.
+# environment with the OpenTelemetry SDK (and moto, DuckDB, the Prometheus
+# parser, Playwright) under target/test-env, and Debian's Chromium for the
+# dashboard test. Safe to run again; does nothing when all is current.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 env_dir="$root/target/test-env"
@@ -17,4 +18,13 @@ if ! cmp -s "$req" "$stamp"; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
   cp "$req" "$stamp"
 fi
-echo "test environment ready: $venv"
+# The dashboard test drives a real browser: Debian's Chromium (Playwright's
+# own browser download is not used).
+if ! command -v chromium >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q chromium >/dev/null \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+fi
+echo "test environment ready: $venv, $(chromium --version)"

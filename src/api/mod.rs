@@ -152,6 +152,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             if let Some(exporter) = &state.exporter {
                 state.metrics.observe_export(exporter.stats());
             }
+            state.metrics.observe_alerts(&state.rules);
             if let Some(journal) = state.actor.journal() {
                 state.metrics.observe_memory(journal.stats());
             }

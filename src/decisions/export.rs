@@ -349,6 +349,8 @@ pub struct ExportStats {
     pub spans_failed: u64,
     /// Repeated attempts after a retryable failure (a batch retried twice counts 2).
     pub batches_retried: u64,
+    /// Spans waiting in the queue now.
+    pub queued: usize,
 }
 
 #[derive(Debug, Default)]
@@ -494,6 +496,7 @@ impl Exporter {
             spans_dropped: s.dropped.load(Relaxed),
             spans_failed: s.failed.load(Relaxed),
             batches_retried: s.retried.load(Relaxed),
+            queued: s.queued.load(Relaxed),
         }
     }
 }
@@ -1254,6 +1257,7 @@ mod tests {
             spans_dropped: dropped,
             spans_failed: failed,
             batches_retried: retried,
+            queued: 0,
         }
     }
 

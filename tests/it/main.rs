@@ -2,6 +2,7 @@
 //! and talks to it over the network, as a user's SDK or Collector would.
 //! One test binary (not one per file) keeps linking time down.
 
+mod access;
 mod actions;
 mod backpressure;
 mod bad_input;

@@ -1,1 +1,1561 @@
+// Homeostat's dashboard: decisions and their paths, rules, approvals and a
+// SQL console, kept live by the server's event stream.
+//
+// No framework and no build step: the page is served as it is written, under
+// a CSP that forbids inline script and style. Server data only ever reaches
+// the page as text nodes (textContent, createTextNode), never as markup.
+//
+// The decisions list is built once per decision: each row is kept in a Map
+// by id with a precomputed search string, filters only toggle `hidden`, and
+// a refresh rebuilds only the rows whose decision changed.
 
+'use strict';
+
+(() => {
+  // ---------------------------------------------------------------- helpers
+
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+
+  const byId = (id) => document.getElementById(id);
+
+  /** Appends children: nodes as they are, anything else as text. */
+  function append(el, children) {
+    for (const c of children) {
+      if (c == null || c === false) continue;
+      if (Array.isArray(c)) append(el, c);
+      else el.append(c instanceof Node ? c : String(c));
+    }
+    return el;
+  }
+
+  /** An element: `h('a', {class: 'x', href: '#/'}, 'text', child)`. */
+  function h(tag, props, ...children) {
+    const el = document.createElement(tag);
+    if (props) {
+      for (const [k, v] of Object.entries(props)) {
+        if (v == null || v === false) continue;
+        if (k === 'class') el.className = v;
+        else if (k === 'text') el.textContent = v;
+        else if (k === 'testid') el.dataset.testid = v;
+        else if (k === 'data') Object.assign(el.dataset, v);
+        else if (k === 'hidden') el.hidden = true;
+        else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+        else el.setAttribute(k, v === true ? '' : String(v));
+      }
+    }
+    return append(el, children);
+  }
+
+  /** An SVG element. */
+  function s(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG_NS, tag);
+    if (attrs) for (const [k, v] of Object.entries(attrs)) if (v != null) el.setAttribute(k, String(v));
+    return append(el, children);
+  }
+
+  const isObj = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+  const arr = (v) => (Array.isArray(v) ? v : []);
+  const obj = (v) => (isObj(v) ? v : {});
+  const str = (v) => (v == null ? '' : String(v));
+
+  /** UTC nanoseconds (beyond 2^53, so approximate) to epoch milliseconds. */
+  function nsToMs(ns) {
+    const n = typeof ns === 'string' ? Number(ns) : ns;
+    return typeof n === 'number' && Number.isFinite(n) && n > 0 ? n / 1e6 : NaN;
+  }
+
+  const pad = (n, w = 2) => String(n).padStart(w, '0');
+
+  function fmtDateTime(ns) {
+    const ms = nsToMs(ns);
+    if (Number.isNaN(ms)) return '—';
+    const d = new Date(ms);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+
+  function fmtClock(ns) {
+    const ms = nsToMs(ns);
+    if (Number.isNaN(ms)) return '—';
+    const d = new Date(ms);
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+
+  function fmtDay(ns) {
+    const ms = nsToMs(ns);
+    if (Number.isNaN(ms)) return '';
+    const d = new Date(ms);
+    const today = new Date();
+    if (d.toDateString() === today.toDateString()) return 'today';
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  }
+
+  /** "12s ago", "in 3m". */
+  function fmtRelative(ns) {
+    const ms = nsToMs(ns);
+    if (Number.isNaN(ms)) return '';
+    const diff = ms - Date.now();
+    const span = fmtSpan(Math.abs(diff) / 1000);
+    return diff >= 0 ? `in ${span}` : `${span} ago`;
+  }
+
+  /** Seconds, roughly: "45s", "3m 20s", "2h 5m", "3d 4h". */
+  function fmtSpan(sec) {
+    if (!Number.isFinite(sec)) return '—';
+    if (sec < 1) return '<1s';
+    if (sec < 60) return `${Math.floor(sec)}s`;
+    const m = Math.floor(sec / 60);
+    if (m < 60) return sec % 60 >= 1 ? `${m}m ${Math.floor(sec % 60)}s` : `${m}m`;
+    const hr = Math.floor(m / 60);
+    if (hr < 24) return m % 60 ? `${hr}h ${m % 60}m` : `${hr}h`;
+    const d = Math.floor(hr / 24);
+    return hr % 24 ? `${d}d ${hr % 24}h` : `${d}d`;
+  }
+
+  /** A duration in nanoseconds: "850 µs", "41.2 ms", "1.24 s", "2m 3s". */
+  function fmtDuration(ns) {
+    const n = Number(ns);
+    if (!Number.isFinite(n) || n < 0) return '—';
+    if (n < 1e3) return `${n} ns`;
+    if (n < 1e6) return `${(n / 1e3).toFixed(n < 1e4 ? 1 : 0)} µs`;
+    if (n < 1e9) return `${(n / 1e6).toFixed(n < 1e7 ? 2 : 1)} ms`;
+    if (n < 60e9) return `${(n / 1e9).toFixed(2)} s`;
+    return fmtSpan(n / 1e9);
+  }
+
+  function fmtNumber(v) {
+    if (typeof v !== 'number') return str(v);
+    if (Number.isInteger(v)) return String(v);
+    const a = Math.abs(v);
+    if (a !== 0 && (a < 1e-3 || a >= 1e9)) return v.toExponential(3);
+    return String(Number(v.toPrecision(4)));
+  }
+
+  /** Any JSON value as short text. */
+  function fmtValue(v) {
+    if (v === null || v === undefined) return 'null';
+    if (typeof v === 'number') return fmtNumber(v);
+    if (typeof v === 'string') return v;
+    if (typeof v === 'boolean') return String(v);
+    try {
+      return JSON.stringify(v);
+    } catch {
+      return String(v);
+    }
+  }
+
+  function fmtKV(map, limit = Infinity) {
+    const parts = [];
+    for (const [k, v] of Object.entries(obj(map))) {
+      if (parts.length >= limit) {
+        parts.push('…');
+        break;
+      }
+      parts.push(`${k}=${fmtValue(v)}`);
+    }
+    return parts.join('  ');
+  }
+
+  function plural(n, one, many = `${one}s`) {
+    return `${n} ${n === 1 ? one : many}`;
+  }
+
+  const words = (name) => str(name).replace(/_/g, ' ');
+
+  // Status words to tones. Colour is never the only signal: every badge
+  // carries its word, and each tone its own icon (see app.css).
+  const TONES = {
+    effective: 'good', ineffective: 'bad', pending: 'warn', none: 'muted',
+    allowed: 'good', approved: 'good', suppressed: 'muted', awaiting_approval: 'warn',
+    denied: 'bad', expired: 'bad',
+    running: 'info', succeeded: 'good', skipped: 'muted', failed: 'bad', interrupted: 'warn',
+    ok: 'good', error: 'bad', timeout: 'bad', dry_run: 'info',
+    inactive: 'muted', firing: 'bad', resolved: 'good', passed: 'good', unset: 'muted',
+  };
+  const toneOf = (word) => TONES[word] || 'muted';
+
+  /** A status badge: its text is the status word, spaces for underscores. */
+  function badge(word, props = {}) {
+    const w = str(word) || 'none';
+    return h('span', { ...props, class: `badge tone-${toneOf(w)}${props.class ? ` ${props.class}` : ''}`, data: { ...(props.data || {}), status: w } }, words(w));
+  }
+
+  function tag(text, cls = '') {
+    return h('span', { class: `tag ${cls}`.trim() }, text);
+  }
+
+  function labelChips(labels) {
+    return Object.entries(obj(labels)).map(([k, v]) => h('span', { class: 'chip' }, h('span', { class: 'chip-k' }, k), '=', h('span', { class: 'chip-v' }, str(v))));
+  }
+
+  function safeHref(url) {
+    try {
+      const u = new URL(url, location.href);
+      return u.protocol === 'http:' || u.protocol === 'https:' ? u.href : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** The external trace viewer's link for a trace, or null. */
+  function traceLink(traceId) {
+    const tpl = state.status && state.status.trace_url;
+    if (!tpl || !traceId) return null;
+    return safeHref(tpl.split('{trace_id}').join(encodeURIComponent(traceId)));
+  }
+
+  const hrefDecision = (id) => `#/decisions/${encodeURIComponent(id)}`;
+  const hrefRule = (name) => `#/rules/${encodeURIComponent(name)}`;
+
+  /** Runs `fn` with at most one call in flight, and once more if asked meanwhile. */
+  function coalesced(fn) {
+    let running = null;
+    let again = false;
+    return function run() {
+      if (running) {
+        again = true;
+        return running;
+      }
+      running = (async () => {
+        try {
+          do {
+            again = false;
+            try {
+              await fn();
+            } catch (e) {
+              if (!(e instanceof ApiError && e.status === 401)) console.warn(e);
+            }
+          } while (again);
+        } finally {
+          running = null;
+        }
+      })();
+      return running;
+    };
+  }
+
+  /** Keeps the open state of <details data-key> across a rebuild of `root`. */
+  function keepOpen(root, rebuild) {
+    const open = new Set();
+    for (const d of root.querySelectorAll('details[data-key]')) if (d.open) open.add(d.dataset.key);
+    rebuild();
+    for (const d of root.querySelectorAll('details[data-key]')) if (open.has(d.dataset.key)) d.open = true;
+  }
+
+  // -------------------------------------------------------------- the API
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  let leaving = false;
+
+  async function api(path, options = {}) {
+    const init = { credentials: 'same-origin', headers: { Accept: 'application/json' } };
+    if (options.json !== undefined) {
+      init.method = 'POST';
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(options.json);
+    }
+    let res;
+    try {
+      res = await fetch(path, init);
+    } catch (e) {
+      showBanner(`Cannot reach Homeostat (${e.message || e}). Retrying…`);
+      setLive('offline');
+      throw new ApiError(0, `network error: ${e.message || e}`);
+    }
+    if (res.status === 401) {
+      if (!leaving) {
+        leaving = true;
+        location.assign('/login');
+      }
+      throw new ApiError(401, 'signed out');
+    }
+    const text = await res.text();
+    let body = null;
+    try {
+      body = text ? JSON.parse(text) : null;
+    } catch {
+      body = null;
+    }
+    if (!res.ok) {
+      throw new ApiError(res.status, (body && typeof body.error === 'string' && body.error) || text || res.statusText);
+    }
+    hideBanner();
+    if (byId('live').dataset.state === 'offline') setLive(state.es && state.es.readyState === 1 ? 'live' : 'polling');
+    return body;
+  }
+
+  function showBanner(message) {
+    const b = byId('banner');
+    b.textContent = message;
+    b.hidden = false;
+  }
+
+  function hideBanner() {
+    const b = byId('banner');
+    if (!b.hidden) b.hidden = true;
+  }
+
+  // ------------------------------------------------------------- the state
+
+  const state = {
+    status: null,
+    /** id → entry {d, sig, row, rule, service, outcome, atMs, search}, newest first. */
+    entries: new Map(),
+    order: [],
+    loaded: false,
+    limit: 1000,
+    filters: { rule: '', service: '', outcome: '', time: 'all', q: '' },
+    view: null,
+    detailId: null,
+    detail: null,
+    listScroll: 0,
+    approvals: [],
+    rulesRoute: null,
+    spans: new Map(),
+    es: null,
+    everOpened: false,
+    pollTimer: null,
+    retryTimer: null,
+    lastEvent: 0,
+  };
+
+  window.homeostatTimings = { firstRender: null, lastFilter: null };
+
+  let resolveStatus;
+  const statusReady = new Promise((r) => (resolveStatus = r));
+
+  async function loadStatus() {
+    try {
+      const st = await api('/api/v1/status');
+      state.status = obj(st);
+      byId('node-name').textContent = str(state.status.node) || 'homeostat';
+      byId('version').textContent = state.status.version ? `v${state.status.version}` : '';
+      byId('node-name').title = [
+        `node ${str(state.status.node)}`,
+        state.status.data ? `data ${state.status.data}` : '',
+        state.status.started_at ? `started ${fmtDateTime(state.status.started_at)}` : '',
+      ].filter(Boolean).join('\n');
+      byId('logout-form').hidden = !state.status.auth;
+      const kept = Number(state.status.decisions_kept);
+      if (Number.isInteger(kept) && kept > 0) state.limit = kept;
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 401)) console.warn('status', e);
+    } finally {
+      resolveStatus();
+    }
+  }
+
+  // ------------------------------------------------------- decisions list
+
+  const hostCallStatuses = ['ok', 'dry_run', 'error', 'timeout', 'denied'];
+
+  /** What changes when a decision changes. */
+  function signature(d) {
+    const run = obj(d.run);
+    return [d.updated_at, d.outcome, obj(d.policy).verdict, run.status, run.attempts, arr(d.host_calls).length, obj(d.verification).checked_at].join('|');
+  }
+
+  function searchText(d) {
+    const p = obj(d.policy);
+    const r = obj(d.reasoning);
+    const run = obj(d.run);
+    const parts = [d.id, d.trace_id, d.rule, d.fingerprint, d.trigger, d.outcome, p.verdict, p.reason, p.dry_run ? 'dry run dry_run' : '', run.status, run.script, d.escalates];
+    for (const [k, v] of Object.entries(obj(d.labels))) parts.push(`${k}=${v}`);
+    for (const c of arr(p.checks)) if (c && !c.passed) parts.push(c.policy, c.detail);
+    const ap = obj(p.approval);
+    parts.push(ap.by, ap.comment);
+    for (const c of arr(r.considered)) parts.push(obj(c).option, obj(c).reason);
+    if (r.decision) parts.push(obj(r.decision).option, obj(r.decision).reason);
+    if (r.expectation) parts.push(obj(r.expectation).description);
+    parts.push(r.skipped);
+    for (const line of arr(r.output)) parts.push(line);
+    for (const c of arr(d.host_calls)) {
+      const call = obj(c);
+      parts.push(call.function, call.target, call.status, call.error);
+    }
+    const err = obj(run.error);
+    parts.push(err.kind, err.message);
+    for (const t of arr(obj(d.detection).evidence_trace_ids)) parts.push(t);
+    const v = obj(d.verification);
+    parts.push(v.expected, v.escalation);
+    return parts.filter((x) => x != null && x !== '').join('\n').toLowerCase();
+  }
+
+  // One row, cloned for every decision (cloning a template is much faster
+  // than building each row element by element).
+  const ROW_CELLS = ['time', 'rule', 'evidence', 'policy', 'options', 'choice', 'calls', 'run', 'outcome'];
+  const ROW_TEMPLATE = h('a', { class: 'drow', testid: 'decision-row' },
+    ROW_CELLS.map((c, i) => h('span', { class: `cell c-${c}${i > 0 ? ' step' : ''}` }, h('span', { class: 'main' }), h('span', { class: 'sub' }))));
+
+  function buildRow(d) {
+    const row = ROW_TEMPLATE.cloneNode(true);
+    const p = obj(d.policy);
+    const det = obj(d.detection);
+    const r = obj(d.reasoning);
+    const run = isObj(d.run) ? d.run : null;
+    const calls = arr(d.host_calls);
+    const runStatus = run ? str(run.status) || 'none' : 'none';
+    row.href = hrefDecision(str(d.id));
+    row.dataset.id = str(d.id);
+    row.dataset.rule = str(d.rule);
+    row.dataset.outcome = str(d.outcome) || 'none';
+    row.dataset.verdict = str(p.verdict);
+    row.dataset.status = runStatus;
+    const cells = row.children;
+    const put = (i, main, sub, subTitle) => {
+      const m = cells[i].firstChild;
+      const sb = cells[i].lastChild;
+      append(m, Array.isArray(main) ? main : [main]);
+      if (sub) {
+        sb.textContent = sub;
+        if (subTitle !== false) sb.title = subTitle || sub;
+      }
+    };
+
+    put(0, fmtClock(d.at), fmtDay(d.at), fmtDateTime(d.at));
+    cells[0].title = `${fmtDateTime(d.at)} (${fmtRelative(d.at)})`;
+
+    const labels = obj(d.labels);
+    const service = labels.service_name;
+    const labelText = Object.entries(labels).filter(([k]) => k !== 'service_name').map(([k, v]) => `${k}=${v}`).join(' ');
+    put(1, [h('span', { class: 'rule-name' }, str(d.rule)), d.trigger && d.trigger !== 'firing' ? tag(str(d.trigger), `trig trig-${d.trigger}`) : null],
+      [service ? `${service}` : '', labelText].filter(Boolean).join(' · ') || str(d.fingerprint));
+
+    const rows = Number(det.rows);
+    put(2, [plural(Number.isFinite(rows) ? rows : arr(det.evidence).length, 'row'), det.state ? h('span', { class: 'dim' }, ` · ${det.state}`) : null], fmtKV(det.values, 4));
+
+    put(3, [badge(p.verdict), p.dry_run ? tag('dry run', 'tag-info') : null], str(p.reason));
+
+    const considered = arr(r.considered);
+    put(4, considered.length ? plural(considered.length, 'option') : h('span', { class: 'dim' }, '—'), considered.map((c) => str(obj(c).option)).join(', '));
+
+    if (r.skipped != null) put(5, [tag('skip', 'tag-muted')], str(r.skipped));
+    else if (r.decision) put(5, h('span', { class: 'choice' }, str(obj(r.decision).option)), str(obj(r.decision).reason));
+    else put(5, h('span', { class: 'dim' }, '—'));
+
+    if (calls.length) {
+      const counts = {};
+      for (const c of calls) counts[obj(c).status] = (counts[obj(c).status] || 0) + 1;
+      const first = obj(calls[0]);
+      put(6, [plural(calls.length, 'call'), ' ', hostCallStatuses.filter((st) => counts[st]).map((st) => h('span', { class: `mini tone-${toneOf(st)}`, title: `${counts[st]} ${words(st)}` }, `${counts[st]}`))],
+        `${str(first.function)} ${str(first.target)}`.trim());
+    } else put(6, h('span', { class: 'dim' }, '—'));
+
+    if (run) {
+      const err = obj(run.error);
+      const dur = run.ended_at && run.started_at ? fmtDuration(Number(run.ended_at) - Number(run.started_at)) : '';
+      put(7, badge(runStatus), err.kind ? `${err.kind}: ${str(err.message)}` : [dur, Number(run.attempts) > 1 ? `${run.attempts} attempts` : ''].filter(Boolean).join(' · '));
+    } else put(7, h('span', { class: 'dim' }, 'not run'));
+
+    const v = isObj(d.verification) ? d.verification : null;
+    let outSub = '';
+    if (v && v.escalation) outSub = `escalated: ${v.escalation}`;
+    else if (d.escalates) outSub = `escalates ${d.escalates}`;
+    else if (v && d.outcome === 'pending') outSub = `by ${fmtClock(v.deadline)}`;
+    else if (v) outSub = str(v.expected);
+    put(8, badge(str(d.outcome) || 'none'), outSub);
+    row.classList.add(`tone-row-${toneOf(str(d.outcome))}`);
+    return row;
+  }
+
+  function makeEntry(d, sig) {
+    const labels = obj(d.labels);
+    return {
+      d,
+      sig,
+      row: buildRow(d),
+      rule: str(d.rule),
+      service: str(labels.service_name),
+      outcome: str(d.outcome) || 'none',
+      atMs: nsToMs(d.at),
+      search: searchText(d),
+    };
+  }
+
+  const TIME_WINDOWS = { '15m': 15 * 60e3, '1h': 3600e3, '6h': 6 * 3600e3, '24h': 24 * 3600e3 };
+
+  function compileFilters() {
+    const f = state.filters;
+    const win = TIME_WINDOWS[f.time];
+    return {
+      rule: f.rule,
+      service: f.service,
+      outcome: f.outcome,
+      since: win ? Date.now() - win : null,
+      terms: f.q.toLowerCase().split(/\s+/).filter(Boolean),
+    };
+  }
+
+  function matches(e, f) {
+    if (f.rule && e.rule !== f.rule) return false;
+    if (f.service && e.service !== f.service) return false;
+    if (f.outcome && e.outcome !== f.outcome) return false;
+    if (f.since !== null && !(e.atMs >= f.since)) return false;
+    for (const t of f.terms) if (!e.search.includes(t)) return false;
+    return true;
+  }
+
+  /** Shows the rows the filters select; `user` when the filters changed. */
+  function applyFilters(user) {
+    const t0 = performance.now();
+    const f = compileFilters();
+    let shown = 0;
+    for (const e of state.order) {
+      const show = matches(e, f);
+      if (e.row.hidden === show) e.row.hidden = !show;
+      if (show) shown++;
+    }
+    const total = state.order.length;
+    byId('decisions-count').textContent = `${shown} of ${total}`;
+    const empty = byId('decisions-empty');
+    if (!state.loaded) {
+      empty.textContent = 'Loading decisions…';
+      empty.hidden = false;
+    } else if (total === 0) {
+      empty.textContent = 'No decisions yet. A decision is recorded each time a rule with an [action] triggers, whether the action runs or not.';
+      empty.hidden = false;
+    } else if (shown === 0) {
+      empty.textContent = 'No decision matches these filters.';
+      empty.hidden = false;
+    } else empty.hidden = true;
+    const dt = performance.now() - t0;
+    if (user) window.homeostatTimings.lastFilter = dt;
+    else window.homeostatTimings.lastRefilter = dt;
+    return shown;
+  }
+
+  /** Fills a <select> with values, keeping its selection. */
+  function setOptions(select, values, allLabel) {
+    const current = select.value;
+    const want = [...values];
+    if (current && !want.includes(current)) want.push(current);
+    const key = want.join('\u0000');
+    if (select.dataset.key === key) return;
+    select.dataset.key = key;
+    select.replaceChildren(h('option', { value: '' }, allLabel), ...want.map((v) => h('option', { value: v }, v)));
+    select.value = current;
+  }
+
+  function updateFilterOptions() {
+    const rules = new Set();
+    const services = new Set();
+    for (const e of state.order) {
+      rules.add(e.rule);
+      if (e.service) services.add(e.service);
+    }
+    const sorted = (set) => [...set].sort((a, b) => a.localeCompare(b));
+    setOptions(byId('filter-rule'), sorted(rules), 'All rules');
+    setOptions(byId('filter-service'), sorted(services), 'All services');
+  }
+
+  /** Takes in a fresh list (newest first): builds new rows, rebuilds changed ones, drops gone ones. */
+  function applyDecisions(list) {
+    const list_ = byId('decisions-list');
+    const first = !state.loaded;
+    const fresh = new Map();
+    const order = [];
+    for (const d of arr(list)) {
+      if (!isObj(d) || typeof d.id !== 'string' || fresh.has(d.id)) continue;
+      const sig = signature(d);
+      let e = state.entries.get(d.id);
+      if (!e) {
+        e = makeEntry(d, sig);
+      } else if (e.sig !== sig) {
+        const old = e.row;
+        e = makeEntry(d, sig);
+        e.row.hidden = old.hidden;
+        if (old.parentNode) old.replaceWith(e.row);
+      }
+      fresh.set(d.id, e);
+      order.push(e);
+    }
+    for (const [id, e] of state.entries) if (!fresh.has(id)) e.row.remove();
+    state.entries = fresh;
+    state.order = order;
+
+    if (!list_.firstChild) {
+      const frag = document.createDocumentFragment();
+      for (const e of order) frag.append(e.row);
+      list_.append(frag);
+    } else {
+      let cursor = list_.firstElementChild;
+      for (const e of order) {
+        if (e.row === cursor) cursor = cursor.nextElementSibling;
+        else list_.insertBefore(e.row, cursor);
+      }
+    }
+    state.loaded = true;
+    updateFilterOptions();
+    if (first) {
+      const dt = applyFiltersTimed();
+      window.homeostatTimings.firstRender = performance.now();
+      window.homeostatTimings.lastFilter = dt;
+      window.homeostatTimings.rows = order.length;
+      document.body.dataset.decisionsLoaded = 'true';
+      requestAnimationFrame(() => setTimeout(() => {
+        window.homeostatTimings.firstFrame = performance.now();
+      }, 0));
+    } else applyFilters(false);
+  }
+
+  function applyFiltersTimed() {
+    const t0 = performance.now();
+    applyFilters(false);
+    return performance.now() - t0;
+  }
+
+  const refreshDecisions = coalesced(async () => {
+    let body;
+    const asked = state.limit;
+    const t0 = performance.now();
+    try {
+      body = await api(`/api/v1/decisions?limit=${asked}`);
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 400)) throw e;
+      // A server keeping fewer decisions than asked for: ask for what
+      // /api/v1/status says it keeps, or for its default.
+      await statusReady;
+      if (state.limit === asked) state.limit = 100;
+      body = await api(`/api/v1/decisions?limit=${state.limit}`);
+    }
+    const t1 = performance.now();
+    const first = !state.loaded;
+    applyDecisions(obj(body).decisions);
+    if (first) {
+      // Where the first render's time went: the request (and JSON parse), then the DOM.
+      window.homeostatTimings.fetchMs = t1 - t0;
+      window.homeostatTimings.buildMs = performance.now() - t1;
+    }
+    if (state.view === 'detail') refreshDetail();
+  });
+
+  function readFiltersFromControls() {
+    state.filters = {
+      rule: byId('filter-rule').value,
+      service: byId('filter-service').value,
+      outcome: byId('filter-outcome').value,
+      time: byId('filter-time').value || 'all',
+      q: byId('filter-search').value,
+    };
+  }
+
+  function filtersQuery() {
+    const p = new URLSearchParams();
+    const f = state.filters;
+    if (f.rule) p.set('rule', f.rule);
+    if (f.service) p.set('service', f.service);
+    if (f.outcome) p.set('outcome', f.outcome);
+    if (f.time && f.time !== 'all') p.set('time', f.time);
+    if (f.q) p.set('q', f.q);
+    const q = p.toString();
+    return q ? `?${q}` : '';
+  }
+
+  function onFilterChange() {
+    readFiltersFromControls();
+    applyFilters(true);
+    const target = `#/decisions${filtersQuery()}`;
+    if (state.view === 'decisions' && location.hash !== target) history.replaceState(null, '', target);
+    byId('back-to-list').href = target;
+  }
+
+  /** Filters given in the address (a reload, a shared link) win over the controls. */
+  function filtersFromParams(params) {
+    if ([...params.keys()].length === 0) return;
+    const f = {
+      rule: params.get('rule') || '',
+      service: params.get('service') || '',
+      outcome: params.get('outcome') || '',
+      time: params.get('time') || 'all',
+      q: params.get('q') || '',
+    };
+    setOptions(byId('filter-rule'), f.rule ? [f.rule] : [], 'All rules');
+    setOptions(byId('filter-service'), f.service ? [f.service] : [], 'All services');
+    byId('filter-rule').value = f.rule;
+    byId('filter-service').value = f.service;
+    byId('filter-outcome').value = f.outcome;
+    byId('filter-time').value = TIME_WINDOWS[f.time] ? f.time : 'all';
+    byId('filter-search').value = f.q;
+    readFiltersFromControls();
+    if (state.loaded) updateFilterOptions();
+  }
+
+  // --------------------------------------------------------- decision detail
+
+  function section(id, title, testid, ...children) {
+    return h('section', { class: 'panel', id, testid }, h('h2', null, title), ...children);
+  }
+
+  function kvList(pairs) {
+    const dl = h('dl', { class: 'kv' });
+    for (const [k, v] of pairs) {
+      if (v == null || v === '' || (Array.isArray(v) && v.length === 0)) continue;
+      dl.append(h('dt', null, k), h('dd', null, v instanceof Node || Array.isArray(v) ? v : String(v)));
+    }
+    return dl;
+  }
+
+  function timeEl(ns) {
+    if (Number.isNaN(nsToMs(ns))) return h('span', { class: 'dim' }, '—');
+    return h('time', { datetime: new Date(nsToMs(ns)).toISOString(), title: new Date(nsToMs(ns)).toISOString() }, `${fmtDateTime(ns)} `, h('span', { class: 'dim' }, `(${fmtRelative(ns)})`));
+  }
+
+  function jsonPre(v, cls = '') {
+    let text;
+    try {
+      text = JSON.stringify(v, null, 2);
+    } catch {
+      text = String(v);
+    }
+    return h('pre', { class: `code ${cls}`.trim() }, text === undefined ? 'null' : text);
+  }
+
+  /** Rows of objects as a table; columns in the order they first appear. */
+  function objectTable(rows, testid) {
+    const cols = [];
+    const seen = new Set();
+    for (const r of rows) for (const k of Object.keys(obj(r))) if (!seen.has(k)) { seen.add(k); cols.push(k); }
+    return h('div', { class: 'table-wrap' },
+      h('table', { class: 'grid', testid },
+        h('thead', null, h('tr', null, cols.map((c) => h('th', { scope: 'col' }, c)))),
+        h('tbody', null, rows.map((r) => h('tr', null, cols.map((c) => cell(obj(r)[c])))))));
+  }
+
+  function cell(v) {
+    if (v === null || v === undefined) return h('td', { class: 'null' }, 'null');
+    if (typeof v === 'number') return h('td', { class: 'num' }, fmtValue(v));
+    if (typeof v === 'object') return h('td', { class: 'json' }, JSON.stringify(v));
+    return h('td', null, String(v));
+  }
+
+  function stepBox(target, title, word, value) {
+    return h('button', {
+      type: 'button',
+      class: `pstep tone-${word ? toneOf(word) : 'muted'}`,
+      onclick: () => byId(target) && byId(target).scrollIntoView({ behavior: 'smooth', block: 'start' }),
+    }, h('span', { class: 'pstep-title' }, title), h('span', { class: 'pstep-value' }, value));
+  }
+
+  function pathSteps(d) {
+    const det = obj(d.detection);
+    const p = obj(d.policy);
+    const r = obj(d.reasoning);
+    const run = isObj(d.run) ? d.run : null;
+    const calls = arr(d.host_calls);
+    const bad = calls.filter((c) => toneOf(obj(c).status) === 'bad').length;
+    const choice = r.skipped != null ? 'skip' : r.decision ? str(obj(r.decision).option) : '—';
+    return h('nav', { class: 'path', 'aria-label': 'Decision path' },
+      stepBox('sec-rule', 'Rule', det.state === 'firing' ? 'firing' : det.state, `${str(d.rule)} · ${str(d.trigger)}`),
+      stepBox('sec-detection', 'Evidence', null, `${plural(Number(det.rows) || 0, 'row')}`),
+      stepBox('sec-policy', 'Policy', p.verdict, words(str(p.verdict) || '—')),
+      stepBox('sec-reasoning', 'Options', null, arr(r.considered).length ? plural(arr(r.considered).length, 'considered', 'considered') : '—'),
+      stepBox('sec-reasoning', 'Choice', r.skipped != null ? 'skipped' : null, choice),
+      stepBox('sec-calls', 'Host calls', calls.length ? (bad ? 'error' : 'ok') : null, calls.length ? `${plural(calls.length, 'call')}${bad ? `, ${bad} failed` : ''}` : '—'),
+      stepBox('sec-run', 'Run', run ? run.status : null, run ? words(str(run.status)) : 'not run'),
+      stepBox('sec-outcome', 'Outcome', d.outcome, words(str(d.outcome) || 'none')));
+  }
+
+  function renderDetail(d) {
+    const root = byId('decision-detail');
+    const det = obj(d.detection);
+    const p = obj(d.policy);
+    const r = obj(d.reasoning);
+    const run = isObj(d.run) ? d.run : null;
+    const calls = arr(d.host_calls);
+    const v = isObj(d.verification) ? d.verification : null;
+    const link = traceLink(str(d.trace_id));
+
+    keepOpen(root, () => {
+      root.replaceChildren();
+      root.dataset.id = str(d.id);
+      root.dataset.outcome = str(d.outcome);
+
+      // Heading.
+      root.append(h('header', { class: 'detail-head', id: 'sec-rule' },
+        h('h1', null, h('a', { href: hrefRule(str(d.rule)) }, str(d.rule)), ' ', tag(str(d.trigger), `trig trig-${str(d.trigger)}`)),
+        h('div', { class: 'detail-meta' },
+          h('span', null, 'decision ', h('code', { class: 'sel' }, str(d.id))),
+          h('span', null, 'at ', timeEl(d.at)),
+          h('span', null, `episode ${str(d.episode)}`),
+          h('span', null, 'fingerprint ', h('code', { class: 'sel' }, str(d.fingerprint))),
+          d.escalates ? h('span', null, 'escalates ', h('a', { href: hrefDecision(d.escalates) }, h('code', null, str(d.escalates)))) : null),
+        h('div', { class: 'chips' }, labelChips(d.labels))));
+
+      root.append(pathSteps(d));
+
+      const grid = h('div', { class: 'detail-grid' });
+      root.append(grid);
+
+      // Detection and evidence.
+      const evidence = arr(det.evidence);
+      const traces = arr(det.evidence_trace_ids);
+      grid.append(section('sec-detection', 'Evidence', 'detail-detection',
+        kvList([
+          ['state', det.state ? badge(det.state) : null],
+          ['window', `${fmtDateTime(det.window_start)} → ${fmtClock(det.window_end)}`],
+          ['rows returned', str(det.rows)],
+          ['matching since', det.since ? timeEl(det.since) : null],
+          ['values', Object.keys(obj(det.values)).length ? h('span', { class: 'mono' }, fmtKV(det.values)) : null],
+          ['evidence traces', traces.length ? traces.map((t) => {
+            const href = traceLink(str(t));
+            return h('span', { class: 'trace-ref' }, href ? h('a', { href, target: '_blank', rel: 'noopener noreferrer' }, h('code', null, str(t))) : h('code', null, str(t)));
+          }) : null],
+        ]),
+        h('h3', null, `Evidence rows (${evidence.length})`),
+        evidence.length ? objectTable(evidence, 'detail-evidence') : h('table', { class: 'grid', testid: 'detail-evidence' }, h('tbody')),
+        evidence.length ? null : h('p', { class: 'dim' }, 'No evidence rows were kept.'),
+        h('h3', null, 'SQL'),
+        h('pre', { class: 'code sql', testid: 'detail-sql' }, str(det.sql))));
+
+      // Policy.
+      const checks = arr(p.checks);
+      const ap = isObj(p.approval) ? p.approval : null;
+      const policy = section('sec-policy', 'Policy', 'detail-policy',
+        h('p', { class: 'verdict' }, badge(p.verdict, { testid: 'detail-verdict' }), ' ', h('span', null, str(p.reason)), p.dry_run ? [' ', tag('dry run', 'tag-info')] : null),
+        checks.length ? h('div', { class: 'table-wrap' }, h('table', { class: 'grid checks' },
+          h('thead', null, h('tr', null, h('th', null, 'check'), h('th', null, 'result'), h('th', null, 'detail'))),
+          h('tbody', null, checks.map((c) => h('tr', null,
+            h('td', null, str(obj(c).policy)),
+            h('td', null, badge(obj(c).passed ? 'passed' : 'failed')),
+            h('td', null, str(obj(c).detail))))))) : h('p', { class: 'dim' }, 'No policy checks recorded.'),
+        kvList([['decided at', p.decided_at ? timeEl(p.decided_at) : null]]));
+      if (ap) {
+        const answered = ap.answered_at != null;
+        policy.append(h('h3', null, 'Approval'), kvList([
+          ['requested', timeEl(ap.requested_at)],
+          ['expires', timeEl(ap.expires_at)],
+          ['answer', answered ? badge(ap.approved ? 'approved' : 'denied') : badge('pending')],
+          ['answered', answered ? timeEl(ap.answered_at) : null],
+          ['by', ap.by],
+          ['comment', ap.comment],
+        ]));
+        if (p.verdict === 'awaiting_approval') policy.append(approvalControls(d, 'detail-'));
+      }
+      grid.append(policy);
+
+      // Reasoning.
+      const considered = arr(r.considered);
+      const chosen = r.decision ? str(obj(r.decision).option) : null;
+      const exp = isObj(r.expectation) ? r.expectation : null;
+      grid.append(section('sec-reasoning', 'Reasoning', 'detail-reasoning',
+        considered.length ? h('ol', { class: 'options' }, considered.map((c) => {
+          const isChosen = chosen !== null && str(obj(c).option) === chosen;
+          return h('li', { class: isChosen ? 'chosen' : '' }, h('b', null, str(obj(c).option)), isChosen ? tag('chosen', 'tag-good') : null, h('span', { class: 'reason' }, str(obj(c).reason)));
+        })) : h('p', { class: 'dim' }, 'The script considered no options explicitly.'),
+        kvList([
+          ['choice', r.decision ? h('span', null, h('b', null, str(obj(r.decision).option)), ' — ', str(obj(r.decision).reason)) : null],
+          ['skipped', r.skipped != null ? str(r.skipped) : null],
+          ['expectation', exp ? `${str(exp.description)} within ${str(exp.within)}` : null],
+        ]),
+        arr(r.output).length ? [h('h3', null, 'Script output'), h('pre', { class: 'code output', testid: 'detail-output' }, arr(r.output).map(str).join('\n'))] : null));
+
+      // Host calls.
+      grid.append(section('sec-calls', `Host calls (${calls.length})`, 'detail-host-calls',
+        calls.length ? h('div', { class: 'table-wrap' }, h('table', { class: 'grid calls' },
+          h('thead', null, h('tr', null, ['#', 'function', 'target', 'status', 'duration', 'detail / error'].map((c) => h('th', null, c)))),
+          h('tbody', null, calls.map((c) => {
+            const call = obj(c);
+            return h('tr', { class: `tone-row-${toneOf(call.status)}` },
+              h('td', { class: 'num', title: 'attempt' }, str(call.attempt)),
+              h('td', null, h('code', null, str(call.function))),
+              h('td', { class: 'wrap' }, str(call.target)),
+              h('td', null, badge(call.status)),
+              h('td', { class: 'num', title: fmtDateTime(call.started_at) }, fmtDuration(call.duration_ns)),
+              h('td', { class: 'wrap' }, call.error ? h('span', { class: 'err' }, str(call.error)) : h('code', null, fmtValue(call.detail))));
+          })))) : h('p', { class: 'dim' }, run ? 'The script made no host calls.' : 'Nothing ran.')));
+
+      // Run.
+      const err = run && isObj(run.error) ? run.error : null;
+      grid.append(section('sec-run', 'Run', 'detail-run',
+        h('p', { class: 'verdict' }, badge(run ? run.status : 'none', { testid: 'detail-run-status' }),
+          run ? null : h('span', { class: 'dim' }, ' the action did not run')),
+        run ? kvList([
+          ['script', h('code', null, str(run.script))],
+          ['started', timeEl(run.started_at)],
+          ['ended', run.ended_at ? timeEl(run.ended_at) : null],
+          ['took', run.ended_at ? fmtDuration(Number(run.ended_at) - Number(run.started_at)) : null],
+          ['attempts', str(run.attempts)],
+          ['operations', str(run.operations)],
+          ['value', run.value !== undefined && run.value !== null ? h('code', null, fmtValue(run.value)) : null],
+        ]) : null,
+        err ? h('div', { class: 'error-box', testid: 'detail-run-error' }, h('b', null, str(err.kind)), ': ', str(err.message)) : null));
+
+      // Outcome.
+      grid.append(section('sec-outcome', 'Outcome', 'detail-outcome-section',
+        h('p', { class: 'verdict' }, badge(d.outcome, { testid: 'detail-outcome' })),
+        v ? kvList([
+          ['expected', str(v.expected)],
+          ['deadline', timeEl(v.deadline)],
+          ['checked', v.checked_at ? timeEl(v.checked_at) : 'not yet'],
+          ['resolved', v.resolved_at ? timeEl(v.resolved_at) : null],
+          ['escalation', v.escalation ? h('a', { href: hrefDecision(v.escalation) }, h('code', null, str(v.escalation))) : null],
+        ]) : h('p', { class: 'dim' }, 'Nothing to verify.')));
+
+      // Trace.
+      const spansBox = h('div', { class: 'spans', id: 'detail-spans' });
+      grid.append(section('sec-trace', 'Rationale trace', 'detail-trace',
+        kvList([
+          ['trace id', h('code', { class: 'sel', testid: 'detail-trace-id' }, str(d.trace_id))],
+          ['viewer', link ? h('a', { href: link, target: '_blank', rel: 'noopener noreferrer', testid: 'detail-trace-link' }, 'Open in trace viewer ↗') : null],
+          ['updated', timeEl(d.updated_at)],
+        ]),
+        spansBox));
+      loadSpans(d, spansBox);
+
+      root.append(h('details', { class: 'raw', 'data-key': 'raw' }, h('summary', null, 'Raw JSON'), jsonPre(d)));
+    });
+  }
+
+  /** The rationale trace's spans, from the local spans table. */
+  async function loadSpans(d, box) {
+    const id = str(d.trace_id);
+    if (!/^[0-9a-f]{32}$/.test(id)) return;
+    const cached = state.spans.get(id);
+    if (cached && cached.sig === signature(d)) {
+      box.replaceChildren(cached.node.cloneNode(true));
+      return;
+    }
+    box.replaceChildren(h('p', { class: 'dim' }, 'Loading spans…'));
+    const sql = `SELECT span_name, span_id, parent_span_id, start_time, duration_ns, status_code FROM spans WHERE trace_id = '${id}' ORDER BY start_time`;
+    let res;
+    try {
+      res = obj(await api('/api/v1/query', { json: { sql } }));
+    } catch (e) {
+      box.replaceChildren(h('p', { class: 'dim' }, `Spans unavailable: ${e.message}`));
+      return;
+    }
+    const cols = arr(res.columns);
+    const rows = arr(res.rows).map((r) => Object.fromEntries(cols.map((c, i) => [c, arr(r)[i]])));
+    let node;
+    if (!rows.length) {
+      node = h('p', { class: 'dim' }, 'No spans yet: they are stored as each part of the decision ends.');
+    } else {
+      const parent = new Map(rows.map((r) => [r.span_id, r.parent_span_id]));
+      const depth = (sid) => {
+        let n = 0;
+        let cur = parent.get(sid);
+        while (cur && parent.has(cur) && n < 20) {
+          n++;
+          cur = parent.get(cur);
+        }
+        return n;
+      };
+      node = h('div', { class: 'table-wrap' }, h('table', { class: 'grid spans-table' },
+        h('thead', null, h('tr', null, ['span', 'span id', 'duration', 'status'].map((c) => h('th', null, c)))),
+        h('tbody', null, rows.map((r) => h('tr', null,
+          h('td', { class: `indent-${Math.min(depth(r.span_id), 5)}` }, str(r.span_name)),
+          h('td', null, h('code', { class: 'sel' }, str(r.span_id))),
+          h('td', { class: 'num' }, fmtDuration(r.duration_ns)),
+          h('td', null, badge(str(r.status_code).toLowerCase() || 'unset')))))));
+    }
+    state.spans.set(id, { sig: signature(d), node });
+    if (state.spans.size > 50) state.spans.delete(state.spans.keys().next().value);
+    if (box.isConnected) box.replaceChildren(node.cloneNode(true));
+  }
+
+  function showDetailMessage(text) {
+    const root = byId('decision-detail');
+    root.replaceChildren(h('p', { class: 'empty' }, text));
+    delete root.dataset.id;
+  }
+
+  const refreshDetail = coalesced(async () => {
+    const id = state.detailId;
+    if (!id) return;
+    let d;
+    try {
+      d = await api(`/api/v1/decisions/${encodeURIComponent(id)}`);
+    } catch (e) {
+      if (state.detailId !== id) return;
+      if (e instanceof ApiError && e.status === 404) {
+        if (!state.detail) showDetailMessage(`No decision ${id}: the server keeps the last ${state.limit} decisions.`);
+      } else if (!state.detail) showDetailMessage(`Cannot load decision ${id}: ${e.message}`);
+      return;
+    }
+    if (state.detailId !== id || !isObj(d)) return;
+    await statusReady;
+    if (!state.detail || signature(state.detail) !== signature(d) || byId('decision-detail').dataset.id !== id) {
+      state.detail = d;
+      renderDetail(d);
+    }
+  });
+
+  // -------------------------------------------------------------- approvals
+
+  function approvalControls(d, prefix) {
+    const comment = h('input', { type: 'text', class: 'comment', placeholder: 'Comment (optional)', 'aria-label': 'Comment', maxlength: 500 });
+    const note = h('span', { class: 'answer-note', 'aria-live': 'polite' });
+    const approve = h('button', { type: 'button', class: 'btn btn-approve', testid: `${prefix}approve-button` }, 'Approve');
+    const deny = h('button', { type: 'button', class: 'btn btn-deny', testid: `${prefix}deny-button` }, 'Deny');
+    const answer = async (decision) => {
+      approve.disabled = true;
+      deny.disabled = true;
+      note.textContent = decision === 'approve' ? 'approving…' : 'denying…';
+      try {
+        await api(`/api/v1/approvals/${encodeURIComponent(str(d.id))}`, { json: { decision, by: 'dashboard', comment: comment.value } });
+        note.textContent = decision === 'approve' ? 'approved — the action runs' : 'denied';
+        const row = approve.closest('.approval-row');
+        if (row) row.classList.add('answered');
+      } catch (e) {
+        note.textContent = e.status === 404 ? 'no longer waiting (answered or expired)' : `failed: ${e.message}`;
+        note.classList.add('err');
+        if (e.status !== 404) {
+          approve.disabled = false;
+          deny.disabled = false;
+        }
+      }
+      refreshApprovals();
+      refreshDecisions();
+      if (state.view === 'detail') refreshDetail();
+    };
+    approve.addEventListener('click', () => answer('approve'));
+    deny.addEventListener('click', () => answer('deny'));
+    return h('div', { class: 'answer' }, comment, approve, deny, note);
+  }
+
+  function buildApprovalRow(d) {
+    const det = obj(d.detection);
+    const ap = obj(obj(d.policy).approval);
+    const expires = h('span', { class: 'expires' });
+    const row = h('div', { class: 'approval-row', testid: 'approval-row', data: { id: str(d.id), rule: str(d.rule) } },
+      h('div', { class: 'approval-main' },
+        h('div', { class: 'approval-title' },
+          badge('awaiting_approval'), ' ',
+          h('a', { href: hrefDecision(str(d.id)), class: 'rule-name' }, str(d.rule)), ' ',
+          tag(str(d.trigger), `trig trig-${str(d.trigger)}`)),
+        h('div', { class: 'chips' }, labelChips(d.labels)),
+        h('div', { class: 'approval-meta' },
+          h('span', null, 'requested ', h('time', { title: fmtDateTime(ap.requested_at || d.at) }, fmtRelative(ap.requested_at || d.at))),
+          expires,
+          h('span', null, `${plural(Number(det.rows) || 0, 'row')} · `, h('span', { class: 'mono' }, fmtKV(det.values, 6)))),
+        h('div', { class: 'approval-reason' }, str(obj(d.policy).reason))),
+      approvalControls(d, ''));
+    row._expires = expires;
+    row._expiresAt = ap.expires_at;
+    updateExpiry(row);
+    return row;
+  }
+
+  function updateExpiry(row) {
+    if (row._expiresAt) row._expires.textContent = `expires ${fmtRelative(row._expiresAt)}`;
+  }
+
+  const approvalRows = new Map();
+
+  function applyApprovals(list) {
+    const root = byId('approvals-list');
+    const fresh = new Map();
+    const order = [];
+    for (const d of arr(list)) {
+      if (!isObj(d) || typeof d.id !== 'string') continue;
+      let row = approvalRows.get(d.id);
+      if (!row) row = buildApprovalRow(d);
+      fresh.set(d.id, row);
+      order.push(row);
+    }
+    for (const [id, row] of approvalRows) if (!fresh.has(id)) row.remove();
+    approvalRows.clear();
+    for (const [id, row] of fresh) approvalRows.set(id, row);
+    let cursor = root.firstElementChild;
+    for (const row of order) {
+      if (row === cursor) cursor = cursor.nextElementSibling;
+      else root.insertBefore(row, cursor);
+    }
+    const n = order.length;
+    const pill = byId('approvals-pill');
+    pill.textContent = String(n);
+    pill.hidden = n === 0;
+    const empty = byId('approvals-empty');
+    empty.textContent = 'No action is waiting for approval.';
+    empty.hidden = n > 0;
+  }
+
+  const refreshApprovals = coalesced(async () => {
+    const body = await api('/api/v1/approvals');
+    applyApprovals(obj(body).approvals);
+  });
+
+  // ------------------------------------------------------------------ rules
+
+  const STATE_ORDER = { firing: 0, pending: 1, resolved: 2, inactive: 3 };
+  const ruleCards = new Map();
+  // A rule grouping by a busy column can have thousands of instances: a card
+  // shows the most urgent few, or up to INSTANCES_SHOWN when asked to.
+  const INSTANCES_FEW = 10;
+  const INSTANCES_SHOWN = 200;
+  const expandedRules = new Set();
+  let lastRules = null;
+
+  function evaluationChart(evals) {
+    const W = 1000;
+    const H = 110;
+    const L = 44;
+    const R = 40;
+    const T = 8;
+    const B = 16;
+    const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', 'data-testid': 'rule-chart', role: 'img' });
+    const n = evals.length;
+    svg.append(s('title', null, `Last ${n} evaluations: duration (bars) and rows (line)`));
+    svg.append(s('line', { x1: L, y1: H - B, x2: W - R, y2: H - B, class: 'axis' }));
+    if (!n) {
+      svg.append(s('text', { x: W / 2, y: H / 2, class: 'chart-empty', 'text-anchor': 'middle' }, 'no evaluation yet'));
+      return svg;
+    }
+    const durs = evals.map((e) => Math.max(0, Number(obj(e).duration_seconds) * 1000 || 0));
+    const rows = evals.map((e) => Math.max(0, Number(obj(e).rows) || 0));
+    const maxD = Math.max(...durs) || 1;
+    const maxR = Math.max(...rows, 1);
+    const slots = Math.max(n, 60);
+    const slot = (W - L - R) / slots;
+    const bw = Math.max(1, slot * 0.72);
+    const x0 = W - R - n * slot; // newest at the right edge
+    const plotH = H - T - B;
+    for (let i = 0; i < n; i++) {
+      const e = obj(evals[i]);
+      const failed = e.error != null;
+      const hgt = failed ? plotH : Math.max(1, (durs[i] / maxD) * plotH);
+      const rect = s('rect', { x: (x0 + i * slot + (slot - bw) / 2).toFixed(1), y: (H - B - hgt).toFixed(1), width: bw.toFixed(1), height: hgt.toFixed(1), class: failed ? 'bar bar-error' : 'bar' });
+      rect.append(s('title', null, `${fmtDateTime(e.at)}\n${fmtDuration(durs[i] * 1e6)} · ${plural(rows[i], 'row')}${failed ? `\nerror: ${str(e.error)}` : ''}`));
+      svg.append(rect);
+    }
+    const pts = rows.map((r, i) => `${(x0 + i * slot + slot / 2).toFixed(1)},${(H - B - (r / maxR) * plotH).toFixed(1)}`);
+    svg.append(s('polyline', { points: pts.join(' '), class: 'rows-line' }));
+    if (n <= 60) for (let i = 0; i < n; i++) {
+      const [cx, cy] = pts[i].split(',');
+      svg.append(s('circle', { cx, cy, r: 1.6, class: 'rows-dot' }));
+    }
+    svg.append(s('text', { x: L - 4, y: T + 8, class: 'tick-label', 'text-anchor': 'end' }, fmtDuration(maxD * 1e6)));
+    svg.append(s('text', { x: L - 4, y: H - B, class: 'tick-label', 'text-anchor': 'end' }, '0'));
+    svg.append(s('text', { x: W - R + 4, y: T + 8, class: 'tick-label rows-label' }, plural(maxR, 'row')));
+    svg.append(s('text', { x: W - R + 4, y: H - B, class: 'tick-label rows-label' }, '0'));
+    svg.append(s('text', { x: x0, y: H - 3, class: 'tick-label' }, fmtClock(obj(evals[0]).at)));
+    svg.append(s('text', { x: W - R, y: H - 3, class: 'tick-label', 'text-anchor': 'end' }, fmtClock(obj(evals[n - 1]).at)));
+    return svg;
+  }
+
+  function instancesTable(rule) {
+    const all = arr(rule.instances).slice().sort((a, b) => (STATE_ORDER[obj(a).state] ?? 9) - (STATE_ORDER[obj(b).state] ?? 9));
+    const box = h('div', { class: 'instances', testid: 'rule-instances', data: { count: String(all.length) } });
+    if (!all.length) {
+      box.append(h('p', { class: 'dim' }, 'No instance: the query returns no rows.'));
+      return box;
+    }
+    const name = str(rule.name);
+    const expanded = expandedRules.has(name);
+    const instances = all.slice(0, expanded ? INSTANCES_SHOWN : INSTANCES_FEW);
+    box.append(h('div', { class: 'table-wrap' }, h('table', { class: 'grid' },
+      h('thead', null, h('tr', null, ['state', 'labels', 'values', 'episode', 'since', 'fired', 'resolved', 'last seen', 'transitions'].map((c) => h('th', null, c)))),
+      h('tbody', null, instances.map((i) => {
+        const inst = obj(i);
+        const trans = arr(inst.transitions);
+        return h('tr', { class: `inst-row tone-row-${toneOf(inst.state)}`, data: { fingerprint: str(inst.fingerprint), state: str(inst.state) } },
+          h('td', null, badge(inst.state)),
+          h('td', { class: 'wrap' }, labelChips(inst.labels)),
+          h('td', { class: 'mono wrap' }, fmtKV(inst.values, 6)),
+          h('td', { class: 'num' }, str(inst.episode)),
+          h('td', { title: fmtDateTime(inst.active_since) }, inst.active_since ? fmtRelative(inst.active_since) : '—'),
+          h('td', { title: fmtDateTime(inst.fired_at) }, inst.fired_at ? fmtRelative(inst.fired_at) : '—'),
+          h('td', { title: fmtDateTime(inst.resolved_at) }, inst.resolved_at ? fmtRelative(inst.resolved_at) : '—'),
+          h('td', { title: fmtDateTime(inst.last_seen) }, inst.last_seen ? fmtRelative(inst.last_seen) : '—'),
+          h('td', null, trans.length ? h('details', { 'data-key': `tr-${str(inst.fingerprint)}` }, h('summary', null, plural(trans.length, 'transition')),
+            h('ol', { class: 'transitions' }, trans.map((t) => h('li', null, h('span', { class: 'dim' }, fmtClock(obj(t).at)), ' ', badge(obj(t).from), ' → ', badge(obj(t).to))))) : '—'));
+      })))));
+    const toggle = (on) => () => {
+      if (on) expandedRules.add(name);
+      else expandedRules.delete(name);
+      const card = ruleCards.get(name);
+      if (card) card.sig = null;
+      if (lastRules) applyRules(lastRules);
+    };
+    if (all.length > instances.length) {
+      box.append(h('p', { class: 'dim more' },
+        `${all.length - instances.length} more (firing first, then pending, resolved, inactive). `,
+        !expanded ? h('button', { type: 'button', class: 'linkish', onclick: toggle(true) }, `Show ${Math.min(all.length, INSTANCES_SHOWN)}`) : 'Query the rest with SQL.'));
+    }
+    if (expanded) box.append(h('p', { class: 'more' }, h('button', { type: 'button', class: 'linkish', onclick: toggle(false) }, `Show ${INSTANCES_FEW} only`)));
+    return box;
+  }
+
+  function ruleCardContent(rule) {
+    const last = isObj(rule.last_evaluation) ? rule.last_evaluation : null;
+    const evals = arr(rule.evaluations);
+    const counts = {};
+    for (const i of arr(rule.instances)) counts[obj(i).state] = (counts[obj(i).state] || 0) + 1;
+    const name = str(rule.name);
+    const vanished = arr(rule.vanished);
+    return [
+      h('header', { class: 'rule-head' },
+        h('h2', null, name),
+        badge(rule.health === 'error' ? 'error' : 'ok', { testid: 'rule-health' }),
+        ['firing', 'pending', 'resolved'].filter((st) => counts[st]).map((st) => {
+          const b = badge(st, { class: 'count-badge' });
+          b.textContent = `${counts[st]} ${st}`;
+          return b;
+        }),
+        h('span', { class: 'spacer' }),
+        h('a', { href: `#/decisions?rule=${encodeURIComponent(name)}`, class: 'btn btn-small' }, 'Decisions →')),
+      rule.description ? h('p', { class: 'rule-desc' }, str(rule.description)) : null,
+      h('div', { class: 'rule-meta' },
+        ['every', 'window', 'lateness', 'for', 'keep_firing_for'].map((k) => h('span', null, h('span', { class: 'dim' }, `${words(k)} `), str(rule[k]) || '—')),
+        h('span', null, h('span', { class: 'dim' }, 'action '), rule.action ? h('code', null, str(rule.action)) : 'none'),
+        h('span', { class: 'file', title: str(rule.file) }, h('span', { class: 'dim' }, 'file '), h('code', null, str(rule.file)))),
+      Object.keys(obj(rule.labels)).length ? h('div', { class: 'chips' }, labelChips(rule.labels)) : null,
+      h('div', { class: 'rule-eval' },
+        h('div', { class: 'last-eval' },
+          h('h3', null, 'Last evaluation'),
+          last ? kvList([
+            ['at', h('span', { title: fmtDateTime(last.at) }, `${fmtClock(last.at)} (${fmtRelative(last.at)})`)],
+            ['window', `${fmtClock(last.window_start)} → ${fmtClock(last.window_end)}`],
+            ['took', fmtDuration(Number(last.duration_seconds) * 1e9)],
+            ['rows', str(last.rows)],
+          ]) : h('p', { class: 'dim' }, 'Not evaluated yet.'),
+          last && last.error != null ? h('div', { class: 'error-box', testid: 'rule-error' }, str(last.error)) : null),
+        h('figure', { class: 'chart-box' }, evaluationChart(evals),
+          h('figcaption', null, h('span', { class: 'legend legend-bar' }, 'duration'), h('span', { class: 'legend legend-line' }, 'rows'), h('span', { class: 'legend legend-error' }, 'error'), h('span', { class: 'dim' }, ` last ${evals.length} evaluations`)))),
+      h('h3', null, 'Instances'),
+      instancesTable(rule),
+      vanished.length ? h('details', { 'data-key': 'vanished' }, h('summary', null, `${plural(vanished.length, 'vanished instance transition')}`),
+        h('ol', { class: 'transitions' }, vanished.map((ev) => {
+          const t = obj(obj(ev).transition);
+          return h('li', null, h('span', { class: 'dim' }, fmtDateTime(t.at)), ' ', labelChips(obj(ev).labels), ' ', badge(t.from), ' → ', badge(t.to));
+        }))) : null,
+      h('details', { 'data-key': 'sql' }, h('summary', null, 'SQL'), h('pre', { class: 'code sql' }, str(rule.sql))),
+    ];
+  }
+
+  function applyRules(body) {
+    lastRules = body;
+    const root = byId('rules-list');
+    const rules = arr(obj(body).rules).filter((r) => isObj(r) && r.name != null);
+    const errors = arr(obj(body).errors);
+    const errList = byId('rule-errors');
+    errList.replaceChildren(...errors.map((e) => h('li', { class: 'error-box' }, str(e))));
+    errList.hidden = errors.length === 0;
+    const fresh = new Map();
+    for (const rule of rules) {
+      const name = str(rule.name);
+      const sig = JSON.stringify(rule);
+      let card = ruleCards.get(name);
+      if (!card) {
+        card = { el: h('article', { class: 'rule-card', testid: 'rule-card', data: { rule: name } }), sig: null };
+      }
+      if (card.sig !== sig) {
+        card.sig = sig;
+        card.el.dataset.health = str(rule.health);
+        card.el.classList.toggle('rule-error', rule.health === 'error');
+        keepOpen(card.el, () => card.el.replaceChildren(...ruleCardContent(rule).filter(Boolean)));
+      }
+      fresh.set(name, card);
+    }
+    for (const [name, card] of ruleCards) if (!fresh.has(name)) card.el.remove();
+    ruleCards.clear();
+    let cursor = root.firstElementChild;
+    for (const [name, card] of fresh) {
+      ruleCards.set(name, card);
+      if (card.el === cursor) cursor = cursor.nextElementSibling;
+      else root.insertBefore(card.el, cursor);
+    }
+    let firing = 0;
+    let failing = 0;
+    for (const r of rules) {
+      if (r.health === 'error') failing++;
+      for (const i of arr(r.instances)) if (obj(i).state === 'firing') firing++;
+    }
+    byId('rules-summary').textContent = `${plural(rules.length, 'rule')} · ${firing} firing · ${plural(failing, 'failing evaluation')}${errors.length ? ` · ${plural(errors.length, 'load error')}` : ''}`;
+    const empty = byId('rules-empty');
+    empty.textContent = 'No rules loaded. Add rule files to the rules folder.';
+    empty.hidden = rules.length > 0;
+    if (state.rulesRoute) {
+      const card = ruleCards.get(state.rulesRoute);
+      state.rulesRoute = null;
+      if (card) {
+        card.el.scrollIntoView({ block: 'start' });
+        card.el.classList.add('focus');
+        setTimeout(() => card.el.classList.remove('focus'), 1500);
+      }
+    }
+  }
+
+  const refreshRules = coalesced(async () => {
+    applyRules(await api('/api/v1/rules'));
+  });
+
+  // ------------------------------------------------------------ SQL console
+
+  const QUERY_KEY = 'homeostat.query';
+  const QUERY_MAX_ROWS_SHOWN = 2000;
+  const EXAMPLES = [
+    ['spans', 'SELECT service_name, span_name, count(*) AS spans,\n       sum(CASE WHEN status_code = \'ERROR\' THEN 1 ELSE 0 END) AS errors\nFROM spans\nGROUP BY service_name, span_name\nORDER BY spans DESC\nLIMIT 50'],
+    ['metrics', 'SELECT metric_name, metric_type, count(*) AS points, max(time) AS last\nFROM metrics\nGROUP BY metric_name, metric_type\nORDER BY metric_name'],
+    ['logs', 'SELECT time, service_name, severity_text, body\nFROM logs\nORDER BY time DESC\nLIMIT 50'],
+    ['decisions', 'SELECT *\nFROM decisions\nLIMIT 50'],
+  ];
+
+  async function runQuery() {
+    const input = byId('query-input');
+    const button = byId('query-run');
+    const errBox = byId('query-error');
+    const meta = byId('query-meta');
+    const out = byId('query-result');
+    const sql = input.value.trim();
+    if (!sql || button.disabled) return;
+    try {
+      localStorage.setItem(QUERY_KEY, input.value);
+    } catch {
+      // Storage may be off; the query still runs.
+    }
+    button.disabled = true;
+    meta.textContent = 'running…';
+    errBox.hidden = true;
+    const t0 = performance.now();
+    try {
+      const res = obj(await api('/api/v1/query', { json: { sql } }));
+      const ms = performance.now() - t0;
+      const cols = arr(res.columns);
+      const types = arr(res.types);
+      const rows = arr(res.rows);
+      const shown = rows.slice(0, QUERY_MAX_ROWS_SHOWN);
+      out.dataset.rows = String(rows.length);
+      out.dataset.truncated = String(!!res.truncated);
+      out.replaceChildren(h('div', { class: 'table-wrap' }, h('table', { class: 'grid result' },
+        h('thead', null, h('tr', null, cols.map((c, i) => h('th', { title: str(types[i]) }, str(c), types[i] ? h('span', { class: 'type' }, str(types[i])) : null)))),
+        h('tbody', null, shown.map((r) => h('tr', null, cols.map((_, i) => cell(arr(r)[i]))))))));
+      meta.replaceChildren();
+      append(meta, [
+        h('span', { testid: 'query-count' }, plural(rows.length, 'row')),
+        res.truncated ? [' ', tag('truncated: the server cut the result at its max_rows', 'tag-warn')] : null,
+        rows.length > shown.length ? h('span', { class: 'dim' }, ` · showing the first ${shown.length}`) : null,
+        h('span', { class: 'dim' }, ` · ${Math.round(ms)} ms`),
+      ]);
+    } catch (e) {
+      if (e.status === 401) return;
+      errBox.textContent = e.message;
+      errBox.hidden = false;
+      meta.textContent = e.status === 504 ? 'timed out' : 'failed';
+      out.replaceChildren();
+      delete out.dataset.rows;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // ------------------------------------------------------------ navigation
+
+  const VIEWS = ['decisions', 'detail', 'rules', 'approvals', 'query'];
+  const TITLES = { decisions: 'Decisions', detail: 'Decision', rules: 'Rules', approvals: 'Approvals', query: 'SQL' };
+
+  function setView(view) {
+    if (state.view === 'decisions' && view !== 'decisions') state.listScroll = window.scrollY;
+    const previous = state.view;
+    state.view = view;
+    for (const v of VIEWS) byId(`view-${v}`).hidden = v !== view;
+    const nav = view === 'detail' ? 'decisions' : view;
+    for (const a of document.querySelectorAll('.tabs a')) {
+      if (a.dataset.view === nav) a.setAttribute('aria-current', 'page');
+      else a.removeAttribute('aria-current');
+    }
+    document.title = `${TITLES[view]} · Homeostat${state.status && state.status.node ? ` · ${state.status.node}` : ''}`;
+    if (view === 'decisions' && previous === 'detail') requestAnimationFrame(() => window.scrollTo(0, state.listScroll));
+    else if (previous !== view) window.scrollTo(0, 0);
+  }
+
+  function parseHash() {
+    const raw = location.hash.replace(/^#\/?/, '');
+    const q = raw.indexOf('?');
+    const path = q >= 0 ? raw.slice(0, q) : raw;
+    const params = new URLSearchParams(q >= 0 ? raw.slice(q + 1) : '');
+    const parts = path.split('/').filter(Boolean).map((p) => {
+      try {
+        return decodeURIComponent(p);
+      } catch {
+        return p;
+      }
+    });
+    return { parts, params };
+  }
+
+  function route() {
+    const { parts, params } = parseHash();
+    const head = parts[0] || '';
+    if (head === 'decisions' && parts.length > 1) {
+      const id = parts.slice(1).join('/');
+      if (state.detailId !== id) {
+        state.detailId = id;
+        state.detail = null;
+        const cached = state.entries.get(id);
+        if (cached) {
+          state.detail = cached.d;
+          statusReady.then(() => {
+            if (state.detailId === id && state.detail === cached.d) renderDetail(cached.d);
+          });
+        } else showDetailMessage('Loading decision…');
+      }
+      setView('detail');
+      refreshDetail();
+    } else if (head === 'decisions') {
+      state.detailId = null;
+      filtersFromParams(params);
+      if (state.loaded) applyFilters(true);
+      setView('decisions');
+      byId('back-to-list').href = `#/decisions${filtersQuery()}`;
+    } else if (head === 'rules') {
+      state.detailId = null;
+      state.rulesRoute = parts[1] || null;
+      setView('rules');
+      refreshRules();
+    } else if (head === 'approvals') {
+      state.detailId = null;
+      setView('approvals');
+      refreshApprovals();
+    } else if (head === 'query') {
+      state.detailId = null;
+      setView('query');
+      byId('query-input').focus();
+    } else {
+      location.replace('#/decisions');
+    }
+  }
+
+  // ------------------------------------------------------------ live updates
+
+  function setLive(mode) {
+    const el = byId('live');
+    if (el.dataset.state === mode) return;
+    el.dataset.state = mode;
+    el.textContent = { live: 'live', polling: 'polling', offline: 'offline', connecting: 'connecting' }[mode] || mode;
+    el.title = {
+      live: 'Updates stream from the server',
+      polling: 'The event stream is down: asking the server every 2 s',
+      offline: 'The server does not answer',
+      connecting: 'Connecting to the event stream',
+    }[mode] || '';
+  }
+
+  function onDecisionsChanged() {
+    refreshDecisions();
+    refreshApprovals();
+  }
+
+  function onTick() {
+    if (state.view === 'rules') refreshRules();
+    if (state.filters.time !== 'all' && state.loaded) applyFilters(false);
+    for (const row of approvalRows.values()) updateExpiry(row);
+  }
+
+  function startPolling() {
+    if (state.pollTimer) return;
+    state.pollTimer = setInterval(() => {
+      onDecisionsChanged();
+      onTick();
+    }, 2000);
+  }
+
+  function stopPolling() {
+    if (!state.pollTimer) return;
+    clearInterval(state.pollTimer);
+    state.pollTimer = null;
+  }
+
+  function connectEvents() {
+    state.retryTimer = null;
+    if (!('EventSource' in window)) {
+      setLive('polling');
+      startPolling();
+      return;
+    }
+    const es = new EventSource('/api/v1/events');
+    state.es = es;
+    es.addEventListener('open', () => {
+      setLive('live');
+      stopPolling();
+      // Changes made while the stream was down were not announced.
+      if (state.everOpened) onDecisionsChanged();
+      state.everOpened = true;
+    });
+    es.addEventListener('decisions', () => {
+      state.lastEvent = Date.now();
+      onDecisionsChanged();
+    });
+    es.addEventListener('tick', () => {
+      state.lastEvent = Date.now();
+      if (byId('live').dataset.state !== 'live') setLive('live');
+      onTick();
+    });
+    es.addEventListener('error', () => {
+      es.close();
+      if (state.es === es) state.es = null;
+      setLive('polling');
+      startPolling();
+      // A 401 shows up here as a plain error: the next poll finds it out.
+      onDecisionsChanged();
+      if (!state.retryTimer) state.retryTimer = setTimeout(connectEvents, 15000);
+    });
+  }
+
+  // ------------------------------------------------------------------ start
+
+  function bind() {
+    for (const id of ['filter-rule', 'filter-service', 'filter-outcome', 'filter-time']) byId(id).addEventListener('change', onFilterChange);
+    byId('filter-search').addEventListener('input', onFilterChange);
+    byId('filter-search').addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape' && byId('filter-search').value) {
+        byId('filter-search').value = '';
+        onFilterChange();
+      }
+    });
+    byId('query-run').addEventListener('click', runQuery);
+    byId('query-input').addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
+        ev.preventDefault();
+        runQuery();
+      }
+    });
+    const examples = byId('query-examples');
+    examples.append(h('span', { class: 'dim' }, 'examples: '));
+    for (const [name, sql] of EXAMPLES) {
+      examples.append(h('button', {
+        type: 'button',
+        class: 'linkish',
+        onclick: () => {
+          byId('query-input').value = sql;
+          byId('query-input').focus();
+        },
+      }, name));
+    }
+    try {
+      const saved = localStorage.getItem(QUERY_KEY);
+      if (saved) byId('query-input').value = saved;
+    } catch {
+      // No storage: start empty.
+    }
+    document.addEventListener('keydown', (ev) => {
+      const t = ev.target;
+      const typing = t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement;
+      if (ev.key === '/' && !typing && state.view === 'decisions') {
+        ev.preventDefault();
+        byId('filter-search').focus();
+      } else if (ev.key === 'Escape' && !typing && state.view === 'detail') {
+        location.hash = byId('back-to-list').getAttribute('href');
+      }
+    });
+    window.addEventListener('hashchange', route);
+  }
+
+  function start() {
+    bind();
+    route();
+    loadStatus();
+    refreshDecisions();
+    refreshApprovals();
+    connectEvents();
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+  else start();
+})();
