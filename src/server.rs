@@ -247,6 +247,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             tls: api_tls.is_some(),
             decisions_kept: crate::decisions::DECISIONS_KEPT,
         }),
+        shutdown: shutdown.clone(),
     });
     tasks.spawn(serve_http(
         "API",

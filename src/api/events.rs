@@ -5,6 +5,9 @@
 //!   [`COALESCE`], however many changed);
 //! - `tick`: every [`TICK`], with the server's time, for views that change
 //!   with every evaluation (rules).
+//!
+//! The stream ends when the instance stops, so that open dashboards do not
+//! hold up a graceful stop; browsers reconnect by themselves.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -23,6 +26,7 @@ pub const COALESCE: Duration = Duration::from_millis(250);
 pub const TICK: Duration = Duration::from_secs(2);
 
 struct Feed {
+    shutdown: tokio_util::sync::CancellationToken,
     decisions: tokio::sync::watch::Receiver<u64>,
     tick: tokio::time::Interval,
     /// When the last `decisions` event was sent.
@@ -35,12 +39,14 @@ pub async fn stream(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let feed = Feed {
+        shutdown: state.shutdown.clone(),
         decisions: state.actor.log().subscribe(),
         tick,
         sent: Instant::now() - COALESCE,
     };
     let events = futures::stream::unfold(feed, |mut feed| async move {
         let event = tokio::select! {
+            () = feed.shutdown.cancelled() => return None,
             changed = feed.decisions.changed() => {
                 if changed.is_err() {
                     return None;

@@ -38,6 +38,9 @@ pub struct ApiState {
     pub token: Option<crate::auth::Token>,
     /// What `/api/v1/status` tells about this instance.
     pub info: Arc<Info>,
+    /// Cancelled when the instance stops: long-lived responses (the event
+    /// stream) end then, so that a graceful stop does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// This instance, as `GET /api/v1/status` shows it.

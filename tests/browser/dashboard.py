@@ -63,7 +63,7 @@ def nth_row(n: int) -> str:
 
 class CheckFailed(Exception):
     def __init__(self, check: str, message: str):
-        super().__init__(f"{check}: {message}")
+        super().__init__(message)
         self.check = check
 
 
@@ -127,7 +127,9 @@ def sign_in(run: Run, token: str | None) -> None:
         password.fill(token)
         with page.expect_navigation():
             page.locator('button[type="submit"]').click()
-    page.wait_for_selector('[data-testid="decisions-list"]', state="attached")
+    page.wait_for_selector('[data-testid="decisions-list"], .login-error', state="attached")
+    refused = page.locator(".login-error")
+    run.check(refused.count() == 0, f"the token was refused: {refused.first.inner_text() if refused.count() else ''}")
     page.wait_for_selector(LOADED, state="attached")
 
 

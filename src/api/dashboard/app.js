@@ -207,10 +207,14 @@
   const hrefDecision = (id) => `#/decisions/${encodeURIComponent(id)}`;
   const hrefRule = (name) => `#/rules/${encodeURIComponent(name)}`;
 
-  /** Runs `fn` with at most one call in flight, and once more if asked meanwhile. */
-  function coalesced(fn) {
+  /**
+   * Runs `fn` with at most one call in flight, and once more if asked
+   * meanwhile; calls start at least `gapMs` apart.
+   */
+  function coalesced(fn, gapMs = 0) {
     let running = null;
     let again = false;
+    let lastStart = -Infinity;
     return function run() {
       if (running) {
         again = true;
@@ -220,6 +224,9 @@
         try {
           do {
             again = false;
+            const wait = lastStart + gapMs - performance.now();
+            if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+            lastStart = performance.now();
             try {
               await fn();
             } catch (e) {
@@ -315,14 +322,12 @@
     detailId: null,
     detail: null,
     listScroll: 0,
-    approvals: [],
     rulesRoute: null,
     spans: new Map(),
     es: null,
     everOpened: false,
     pollTimer: null,
     retryTimer: null,
-    lastEvent: 0,
   };
 
   window.homeostatTimings = { firstRender: null, lastFilter: null };
@@ -460,8 +465,15 @@
     else if (v && d.outcome === 'pending') outSub = `by ${fmtClock(v.deadline)}`;
     else if (v) outSub = str(v.expected);
     put(8, badge(str(d.outcome) || 'none'), outSub);
-    row.classList.add(`tone-row-${toneOf(str(d.outcome))}`);
+    row.classList.add(`tone-row-${rowTone(d.outcome, p.verdict, runStatus)}`);
     return row;
+  }
+
+  /** The row's edge: the worst of its outcome, verdict and run. */
+  function rowTone(outcome, verdict, runStatus) {
+    const tones = [toneOf(str(outcome)), verdict === 'suppressed' ? 'muted' : toneOf(str(verdict)), runStatus === 'none' ? 'muted' : toneOf(runStatus)];
+    for (const t of ['bad', 'warn', 'good']) if (tones.includes(t)) return t;
+    return 'muted';
   }
 
   function makeEntry(d, sig) {
@@ -633,7 +645,9 @@
       window.homeostatTimings.buildMs = performance.now() - t1;
     }
     if (state.view === 'detail') refreshDetail();
-  });
+    // The whole list is fetched again on each change (up to 1000 decisions,
+    // a few MB): at most once a second, however many changes are announced.
+  }, 1000);
 
   function readFiltersFromControls() {
     state.filters = {
@@ -847,7 +861,7 @@
         considered.length ? h('ol', { class: 'options' }, considered.map((c) => {
           const isChosen = chosen !== null && str(obj(c).option) === chosen;
           return h('li', { class: isChosen ? 'chosen' : '' }, h('b', null, str(obj(c).option)), isChosen ? tag('chosen', 'tag-good') : null, h('span', { class: 'reason' }, str(obj(c).reason)));
-        })) : h('p', { class: 'dim' }, 'The script considered no options explicitly.'),
+        })) : h('p', { class: 'dim' }, run ? 'The script considered no options explicitly.' : 'Nothing was considered: the script did not run.'),
         kvList([
           ['choice', r.decision ? h('span', null, h('b', null, str(obj(r.decision).option)), ' — ', str(obj(r.decision).reason)) : null],
           ['skipped', r.skipped != null ? str(r.skipped) : null],
@@ -1095,8 +1109,8 @@
   function evaluationChart(evals) {
     const W = 1000;
     const H = 110;
-    const L = 44;
-    const R = 40;
+    const L = 70;
+    const R = 70;
     const T = 8;
     const B = 16;
     const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', 'data-testid': 'rule-chart', role: 'img' });
@@ -1440,6 +1454,7 @@
   function onDecisionsChanged() {
     refreshDecisions();
     refreshApprovals();
+    if (state.view === 'detail') refreshDetail();
   }
 
   function onTick() {
@@ -1478,12 +1493,8 @@
       if (state.everOpened) onDecisionsChanged();
       state.everOpened = true;
     });
-    es.addEventListener('decisions', () => {
-      state.lastEvent = Date.now();
-      onDecisionsChanged();
-    });
+    es.addEventListener('decisions', onDecisionsChanged);
     es.addEventListener('tick', () => {
-      state.lastEvent = Date.now();
       if (byId('live').dataset.state !== 'live') setLive('live');
       onTick();
     });
