@@ -21,6 +21,9 @@ pub struct ListParams {
     limit: Option<usize>,
     rule: Option<String>,
     outcome: Option<String>,
+    /// Only decisions changed after this time (UTC nanoseconds, compared
+    /// with `updated_at`): what a dashboard fetches after the first load.
+    since: Option<i64>,
 }
 
 pub async fn list(
@@ -32,7 +35,9 @@ pub async fn list(
         Err(e) => {
             return json_error(
                 StatusCode::BAD_REQUEST,
-                format!("{e}: the parameters are limit (1 to {DECISIONS_KEPT}), rule and outcome"),
+                format!(
+                    "{e}: the parameters are limit (1 to {DECISIONS_KEPT}), rule, outcome and since (UTC nanoseconds)"
+                ),
             );
         }
     };
@@ -56,6 +61,7 @@ pub async fn list(
     let decisions = state.actor.log().list(&Filter {
         rule: params.rule,
         outcome,
+        updated_after: params.since,
         limit,
     });
     Json(serde_json::json!({ "decisions": decisions })).into_response()

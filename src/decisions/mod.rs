@@ -307,6 +307,8 @@ pub struct Decision {
 pub struct Filter {
     pub rule: Option<String>,
     pub outcome: Option<Outcome>,
+    /// Only decisions whose `updated_at` is later than this.
+    pub updated_after: Option<i64>,
     pub limit: usize,
 }
 
@@ -373,6 +375,7 @@ impl DecisionLog {
             .rev()
             .filter(|d| filter.rule.as_ref().is_none_or(|r| &d.rule == r))
             .filter(|d| filter.outcome.is_none_or(|o| d.outcome == o))
+            .filter(|d| filter.updated_after.is_none_or(|t| d.updated_at > t))
             .take(filter.limit)
             .cloned()
             .collect()
@@ -466,6 +469,16 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(r2[0].id, "b");
+        let mut later = decision("c", "r1", Outcome::Pending);
+        later.updated_at = 5;
+        log.upsert(&later);
+        let changed = log.list(&Filter {
+            updated_after: Some(4),
+            limit: 10,
+            ..Default::default()
+        });
+        let ids: Vec<&str> = changed.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["c"], "only what changed after the time given");
         for i in 0..DECISIONS_KEPT {
             log.upsert(&decision(&format!("x{i}"), "r", Outcome::None));
         }

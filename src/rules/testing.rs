@@ -439,8 +439,8 @@ fn check_actions(expected: &[ExpectedAction], log: &DecisionLog, failures: &mut 
     for rule in rules {
         let mut got = log.list(&crate::decisions::Filter {
             rule: Some(rule.to_owned()),
-            outcome: None,
             limit: usize::MAX,
+            ..Default::default()
         });
         got.reverse();
         let want: Vec<&ExpectedAction> = expected.iter().filter(|e| e.rule == rule).collect();
