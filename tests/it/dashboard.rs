@@ -228,3 +228,68 @@ inline = "decide(\"note\", \"seen\"); 1"
     std::fs::write(&report, measured.to_string()).unwrap();
     println!("dashboard with {SERVICES} decisions: {measured}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_stream_tells_of_decisions_and_ends_when_the_instance_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "seen.toml",
+        r#"
+every = "1s"
+window = "5m"
+sql = "SELECT service_name FROM spans WHERE service_name = 'streamed' GROUP BY service_name"
+
+[action]
+dry_run = true
+inline = "1"
+"#,
+    );
+    let rules = dir.path().to_owned();
+    let mut h = start_with(|c| c.rules = rules).await;
+    let mut stream = h
+        .client
+        .get(h.api_url("/api/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut text = String::new();
+    let mut next = async |text: &mut String, want: &str| {
+        while !text.contains(want) {
+            let chunk = stream.chunk().await.unwrap().expect("the stream goes on");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    let bounded = std::time::Duration::from_secs(30);
+    tokio::time::timeout(bounded, next(&mut text, "event: tick\n"))
+        .await
+        .expect("a tick within 30 s");
+    let r = h
+        .post(
+            "/v1/traces",
+            "application/json",
+            false,
+            crate::common::spans_now_json("streamed"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    tokio::time::timeout(bounded, next(&mut text, "event: decisions\n"))
+        .await
+        .expect("a decisions event within 30 s");
+
+    // An open stream does not hold up a graceful stop.
+    h.running.shutdown();
+    tokio::time::timeout(bounded, h.running.join())
+        .await
+        .expect("the instance stops with a stream open")
+        .unwrap();
+    let rest = tokio::time::timeout(bounded, async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream ended");
+}
