@@ -37,16 +37,24 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Whether a cookie-authorized write comes from this server's own pages:
-/// its `Origin`, when the browser sends one, names the host it was sent to.
+/// its `Origin`, when the browser sends one, names the host it was sent to
+/// (`Host`, or `X-Forwarded-Host` behind a proxy that rewrites `Host`; a
+/// page on another origin cannot set that header without a CORS preflight,
+/// which this API never grants).
 fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
         return true;
     };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
+    let Some(origin_host) = origin
         .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    host.is_some() && origin_host == host
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    [header::HOST.as_str(), "x-forwarded-host"]
+        .into_iter()
+        .filter_map(|name| headers.get(name).and_then(|h| h.to_str().ok()))
+        .any(|host| host == origin_host)
 }
 
 fn wants_html(request: &Request) -> bool {
@@ -228,5 +236,17 @@ mod tests {
             header::ORIGIN,
             "http://127.0.0.1:8480"
         )])));
+        assert!(same_origin(&headers(&[
+            (header::HOST, "homeostat:8480"),
+            (
+                header::HeaderName::from_static("x-forwarded-host"),
+                "ops.example"
+            ),
+            (header::ORIGIN, "https://ops.example")
+        ])));
+        assert!(!same_origin(&headers(&[
+            (header::HOST, "127.0.0.1:8480"),
+            (header::ORIGIN, "null")
+        ])));
     }
 }
