@@ -21,9 +21,10 @@ pub struct ListParams {
     limit: Option<usize>,
     rule: Option<String>,
     outcome: Option<String>,
-    /// Only decisions changed after this time (UTC nanoseconds, compared
-    /// with `updated_at`): what a dashboard fetches after the first load.
-    since: Option<i64>,
+    /// Only decisions changed after this version of the list (the
+    /// `version` of an earlier answer): what a dashboard fetches after the
+    /// first load.
+    after: Option<u64>,
 }
 
 pub async fn list(
@@ -36,7 +37,7 @@ pub async fn list(
             return json_error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "{e}: the parameters are limit (1 to {DECISIONS_KEPT}), rule, outcome and since (UTC nanoseconds)"
+                    "{e}: the parameters are limit (1 to {DECISIONS_KEPT}), rule, outcome and after (a version)"
                 ),
             );
         }
@@ -58,13 +59,26 @@ pub async fn list(
             );
         }
     };
-    let decisions = state.actor.log().list(&Filter {
+    let mut filter = Filter {
         rule: params.rule,
         outcome,
-        updated_after: params.since,
+        changed_after: params.after,
         limit,
-    });
-    Json(serde_json::json!({ "decisions": decisions })).into_response()
+    };
+    let (mut decisions, mut version) = state.actor.log().list_versioned(&filter);
+    // A version from the future is from before a restart: the list starts
+    // over, and the answer says so.
+    let full = params.after.is_some_and(|after| after > version);
+    if full {
+        filter.changed_after = None;
+        (decisions, version) = state.actor.log().list_versioned(&filter);
+    }
+    Json(serde_json::json!({
+        "decisions": decisions,
+        "version": version,
+        "full": params.after.is_none() || full,
+    }))
+    .into_response()
 }
 
 pub async fn get_one(State(state): State<ApiState>, Path(id): Path<String>) -> Response {

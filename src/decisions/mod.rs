@@ -307,8 +307,9 @@ pub struct Decision {
 pub struct Filter {
     pub rule: Option<String>,
     pub outcome: Option<Outcome>,
-    /// Only decisions whose `updated_at` is later than this.
-    pub updated_after: Option<i64>,
+    /// Only decisions changed after this version of the log (see
+    /// [`DecisionLog::list_versioned`]).
+    pub changed_after: Option<u64>,
     pub limit: usize,
 }
 
@@ -325,6 +326,10 @@ struct Entries {
     by_seq: BTreeMap<u64, Decision>,
     seq_of: HashMap<String, u64>,
     next: u64,
+    /// Counts changes: each upsert makes a new version of the log.
+    version: u64,
+    /// The version at which each decision last changed.
+    changed_at: HashMap<String, u64>,
 }
 
 impl Default for DecisionLog {
@@ -339,8 +344,11 @@ impl Default for DecisionLog {
 impl DecisionLog {
     /// Adds a decision or replaces the one with the same id.
     pub fn upsert(&self, decision: &Decision) {
-        {
+        let version = {
             let mut e = self.inner.write();
+            e.version += 1;
+            let version = e.version;
+            e.changed_at.insert(decision.id.clone(), version);
             match e.seq_of.get(&decision.id).copied() {
                 Some(seq) => {
                     e.by_seq.insert(seq, decision.clone());
@@ -350,6 +358,7 @@ impl DecisionLog {
                         && let Some((_, oldest)) = e.by_seq.pop_first()
                     {
                         e.seq_of.remove(&oldest.id);
+                        e.changed_at.remove(&oldest.id);
                     }
                     let seq = e.next;
                     e.next += 1;
@@ -357,8 +366,9 @@ impl DecisionLog {
                     e.by_seq.insert(seq, decision.clone());
                 }
             }
-        }
-        self.changed.send_modify(|n| *n += 1);
+            version
+        };
+        self.changed.send_replace(version);
     }
 
     pub fn get(&self, id: &str) -> Option<Decision> {
@@ -368,17 +378,30 @@ impl DecisionLog {
 
     /// Newest first.
     pub fn list(&self, filter: &Filter) -> Vec<Decision> {
-        self.inner
-            .read()
+        self.list_versioned(filter).0
+    }
+
+    /// [`DecisionLog::list`], and the log's version it reflects: asking
+    /// again with `changed_after` set to it gets exactly what changed since,
+    /// with no clock involved.
+    pub fn list_versioned(&self, filter: &Filter) -> (Vec<Decision>, u64) {
+        let e = self.inner.read();
+        let changed = |d: &Decision| {
+            filter
+                .changed_after
+                .is_none_or(|v| e.changed_at.get(&d.id).is_some_and(|&at| at > v))
+        };
+        let list = e
             .by_seq
             .values()
             .rev()
             .filter(|d| filter.rule.as_ref().is_none_or(|r| &d.rule == r))
             .filter(|d| filter.outcome.is_none_or(|o| d.outcome == o))
-            .filter(|d| filter.updated_after.is_none_or(|t| d.updated_at > t))
+            .filter(|d| changed(d))
             .take(filter.limit)
             .cloned()
-            .collect()
+            .collect();
+        (list, e.version)
     }
 
     /// Changes after every update: lets tests and the dashboard wait for
@@ -469,16 +492,20 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(r2[0].id, "b");
-        let mut later = decision("c", "r1", Outcome::Pending);
-        later.updated_at = 5;
-        log.upsert(&later);
-        let changed = log.list(&Filter {
-            updated_after: Some(4),
+        let (_, version) = log.list_versioned(&Filter {
+            limit: 1,
+            ..Default::default()
+        });
+        log.upsert(&decision("c", "r1", Outcome::Pending));
+        log.upsert(&decision("b", "r2", Outcome::Effective));
+        let (changed, now) = log.list_versioned(&Filter {
+            changed_after: Some(version),
             limit: 10,
             ..Default::default()
         });
         let ids: Vec<&str> = changed.iter().map(|d| d.id.as_str()).collect();
-        assert_eq!(ids, ["c"], "only what changed after the time given");
+        assert_eq!(ids, ["c", "b"], "only what changed after the version given");
+        assert_eq!(now, version + 2);
         for i in 0..DECISIONS_KEPT {
             log.upsert(&decision(&format!("x{i}"), "r", Outcome::None));
         }

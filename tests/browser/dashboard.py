@@ -6,9 +6,12 @@
 
 --phase paths: signs in on the login page, waits for --expect decision rows
   (and one of --rule), filters by rule and by a search that matches nothing,
-  opens a decision (SQL, rationale trace id, evidence rows), approves the
-  first pending approval and waits for its action to have succeeded.
-  Prints {"approved": ID, "decisions_seen": N}.
+  opens a decision (SQL, rationale trace id, evidence rows), goes back and
+  forth with the keyboard ("/", Enter, Esc), approves the first pending
+  approval, waits for its action to have succeeded and for its row in the
+  list to say so (an update in place, no duplicate row), and checks that an
+  API error is shown in the view. Prints {"approved": ID, "decisions_seen":
+  N, "last_update": {...}}.
 
 --phase thousand: signs in, loads /#/decisions with --expect decisions on the
   server and reports how long the first render and each filter took, checking
@@ -197,6 +200,8 @@ def phase_paths(run: Run, args) -> dict:
     run.shot("detail")
     run.clean()
 
+    keyboard(run)
+
     run.step = "approve"
     page.locator('[data-testid="nav-approvals"]').click()
     page.wait_for_selector('[data-testid="approval-row"]')
@@ -212,7 +217,57 @@ def phase_paths(run: Run, args) -> dict:
     page.wait_for_selector('[data-testid="decision-detail"] [data-testid="detail-run-status"]:text-is("succeeded")')
     run.shot("approved-run")
     run.clean()
-    return {"approved": approved, "decisions_seen": seen}
+
+    run.step = "approved-row"
+    # The list took the change in (by an update, or the periodic full load):
+    # the row says so, and is there once.
+    page.evaluate("() => { location.hash = '#/decisions'; }")
+    page.wait_for_selector(f'{ROW}[data-id="{css_string(approved)}"][data-status="succeeded"]', state="attached")
+    ids = page.eval_on_selector_all(ROW, "rows => rows.map(r => r.dataset.id)")
+    run.check(len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} duplicate rows in the list")
+    last_update = page.evaluate("() => window.homeostatTimings.lastUpdate || null")
+    run.check(isinstance(last_update, dict), f"homeostatTimings.lastUpdate is {last_update!r}")
+
+    api_error(run)
+    run.clean()
+    return {"approved": approved, "decisions_seen": seen, "last_update": last_update}
+
+
+def keyboard(run: Run) -> None:
+    """ "/" focuses the search, Enter opens a row, Esc comes back to it."""
+    page = run.page
+    run.step = "keyboard"
+    page.evaluate("() => { location.hash = '#/decisions'; }")
+    page.wait_for_selector('[data-testid="decisions-list"]', state="visible")
+    page.locator("body").press("/")
+    focused = page.evaluate("() => document.activeElement && document.activeElement.dataset.testid")
+    run.check(focused == "filter-search", f"'/' focused {focused!r}, not the search")
+    page.keyboard.press("Escape")
+    row = page.locator(VISIBLE_ROW).first
+    decision_id = row.get_attribute("data-id")
+    row.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f'[data-testid="decision-detail"][data-id="{css_string(decision_id)}"]', state="visible")
+    page.wait_for_selector('[data-testid="decision-detail"] .detail-title:focus')
+    page.keyboard.press("Escape")
+    page.wait_for_selector(f'{ROW}[data-id="{css_string(decision_id)}"]:focus')
+    run.check(page.locator('[data-testid="decision-detail"]').is_hidden(), "Esc did not close the decision")
+    run.shot("keyboard")
+
+
+def api_error(run: Run) -> None:
+    """An API error is said in the view, not left as a blank or stale view."""
+    page = run.page
+    run.step = "api-error"
+    pattern = "**/api/v1/rules"
+    page.route(pattern, lambda route: route.fulfill(status=500, content_type="application/json", body='{"error": "injected failure"}'))
+    try:
+        page.locator('[data-testid="nav-rules"]').click()
+        page.wait_for_selector('[data-testid="rules-error"]:has-text("injected failure")', state="visible")
+        run.shot("api-error")
+    finally:
+        page.unroute(pattern)
+    page.wait_for_selector('[data-testid="rules-error"]', state="hidden")
 
 
 # Applies one filter the way a person does (one input or change event) and

@@ -268,6 +268,9 @@ inline = "1"
     tokio::time::timeout(bounded, next(&mut text, "event: tick\n"))
         .await
         .expect("a tick within 30 s");
+    let before = h.get_json("/api/v1/decisions").await;
+    assert_eq!(before["full"], true);
+    let version = before["version"].as_u64().unwrap();
     let r = h
         .post(
             "/v1/traces",
@@ -280,6 +283,33 @@ inline = "1"
     tokio::time::timeout(bounded, next(&mut text, "event: decisions\n"))
         .await
         .expect("a decisions event within 30 s");
+
+    // What changed after a version, exactly; a version from before a
+    // restart (here: from the future) gets the whole list.
+    let changed = h
+        .get_json(&format!("/api/v1/decisions?after={version}"))
+        .await;
+    assert_eq!(changed["full"], false);
+    let ids: Vec<&str> = changed["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    let all = h.get_json("/api/v1/decisions").await;
+    assert_eq!(all["decisions"].as_array().unwrap().len(), ids.len());
+    assert!(!ids.is_empty());
+    let now = changed["version"].as_u64().unwrap();
+    assert!(now > version);
+    let nothing = h.get_json(&format!("/api/v1/decisions?after={now}")).await;
+    if nothing["version"] == now {
+        assert_eq!(nothing["decisions"].as_array().unwrap().len(), 0);
+    }
+    let future = h
+        .get_json(&format!("/api/v1/decisions?after={}", now + 1_000_000))
+        .await;
+    assert_eq!(future["full"], true);
+    assert!(!future["decisions"].as_array().unwrap().is_empty());
 
     // An open stream does not hold up a graceful stop.
     h.running.shutdown();

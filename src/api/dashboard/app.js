@@ -7,7 +7,9 @@
 //
 // The decisions list is built once per decision: each row is kept in a Map
 // by id with a precomputed search string, filters only toggle `hidden`, and
-// a refresh rebuilds only the rows whose decision changed.
+// a refresh fetches only the decisions changed since the last one
+// (`?after=`, the list's version) and rebuilds only their rows; the whole list
+// is fetched again once a minute, to reconcile.
 
 'use strict';
 
@@ -39,8 +41,10 @@
         else if (k === 'testid') el.dataset.testid = v;
         else if (k === 'data') Object.assign(el.dataset, v);
         else if (k === 'hidden') el.hidden = true;
-        else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
-        else el.setAttribute(k, v === true ? '' : String(v));
+        else if (k.startsWith('on')) {
+          // Never an inline handler attribute: only functions become listeners.
+          if (typeof v === 'function') el.addEventListener(k.slice(2), v);
+        } else el.setAttribute(k, v === true ? '' : String(v));
       }
     }
     return append(el, children);
@@ -184,6 +188,12 @@
     return h('span', { class: `tag ${cls}`.trim() }, text);
   }
 
+  /** A decision's trigger (firing, resolved, repeat, ineffective); its class only from a plain word. */
+  function triggerTag(trigger) {
+    const t = str(trigger);
+    return tag(t, `trig trig-${/^[a-z_]+$/.test(t) ? t : 'other'}`);
+  }
+
   function labelChips(labels) {
     return Object.entries(obj(labels)).map(([k, v]) => h('span', { class: 'chip' }, h('span', { class: 'chip-k' }, k), '=', h('span', { class: 'chip-v' }, str(v))));
   }
@@ -241,12 +251,30 @@
     };
   }
 
-  /** Keeps the open state of <details data-key> across a rebuild of `root`. */
+  const FOCUSABLE = 'a[href], button, summary, input, select, textarea, [tabindex]';
+
+  /**
+   * Rebuilds `root` keeping what the person was doing in it: the open state
+   * of <details data-key>, and the focus (by position among its focusable
+   * elements) with what was being typed there. Live views rebuild every few
+   * seconds; without this, a keyboard user would be thrown back to the top
+   * of the page, and a comment half written would be lost.
+   */
   function keepOpen(root, rebuild) {
     const open = new Set();
     for (const d of root.querySelectorAll('details[data-key]')) if (d.open) open.add(d.dataset.key);
+    const active = document.activeElement;
+    const focusAt = active && active !== root && root.contains(active) ? [...root.querySelectorAll(FOCUSABLE)].indexOf(active) : -1;
     rebuild();
     for (const d of root.querySelectorAll('details[data-key]')) if (open.has(d.dataset.key)) d.open = true;
+    if (focusAt >= 0 && !root.contains(active)) {
+      const again = root.querySelectorAll(FOCUSABLE)[focusAt];
+      if (!again) return;
+      if ((again instanceof HTMLInputElement || again instanceof HTMLTextAreaElement) && again.type === active.type) {
+        again.value = active.value;
+      }
+      again.focus({ preventScroll: true });
+    }
   }
 
   // -------------------------------------------------------------- the API
@@ -260,7 +288,16 @@
 
   let leaving = false;
 
+  /** The longest plain-text error shown as it came. */
+  const ERROR_TEXT_MAX = 300;
+
+  /** Calls the API; resolves to its JSON body. */
   async function api(path, options = {}) {
+    return (await request(path, options)).body;
+  }
+
+  /** Calls the API; resolves to {body, chars}: the JSON body and its length as text. */
+  async function request(path, options = {}) {
     const init = { credentials: 'same-origin', headers: { Accept: 'application/json' } };
     if (options.json !== undefined) {
       init.method = 'POST';
@@ -284,17 +321,23 @@
     }
     const text = await res.text();
     let body = null;
+    let parsed = true;
     try {
       body = text ? JSON.parse(text) : null;
     } catch {
-      body = null;
+      parsed = false;
     }
     if (!res.ok) {
-      throw new ApiError(res.status, (body && typeof body.error === 'string' && body.error) || text || res.statusText);
+      // The API's own {"error"}; plain text as it is; a page (a proxy's) by its status only.
+      const plain = /^text\/plain/.test(res.headers.get('Content-Type') || '');
+      const message = (isObj(body) && typeof body.error === 'string' && body.error) || (plain && text.slice(0, ERROR_TEXT_MAX)) || res.statusText || 'failed';
+      throw new ApiError(res.status, `${message} (HTTP ${res.status})`);
     }
+    // Not JSON on success (a proxy's page, a cut-off body): an error, not an empty list.
+    if (!parsed) throw new ApiError(res.status, `the server's answer to ${path.split('?')[0]} is not JSON`);
     hideBanner();
     if (byId('live').dataset.state === 'offline') setLive(state.es && state.es.readyState === 1 ? 'live' : 'polling');
-    return body;
+    return { body, chars: text.length };
   }
 
   function showBanner(message) {
@@ -308,18 +351,46 @@
     if (!b.hidden) b.hidden = true;
   }
 
+  /**
+   * Says in a view (decisions, rules, approvals) why it could not be
+   * loaded, rather than leaving it blank or stale without a word. An
+   * unreachable server is the banner's to say; a 401 is leaving for /login.
+   */
+  function showViewError(view, what, e) {
+    if (e instanceof ApiError && (e.status === 0 || e.status === 401)) return;
+    const el = byId(`${view}-error`);
+    const text = `${what}: ${e && e.message ? e.message : e}`;
+    if (el.textContent !== text) el.textContent = text; // the same failure again is not news
+    el.hidden = false;
+    const empty = byId(`${view}-empty`);
+    if (empty.dataset.loading === 'true') empty.hidden = true;
+  }
+
+  function clearViewError(view) {
+    const el = byId(`${view}-error`);
+    if (!el.hidden) el.hidden = true;
+  }
+
   // ------------------------------------------------------------- the state
 
   const state = {
     status: null,
-    /** id → entry {d, sig, row, rule, service, outcome, atMs, search}, newest first. */
+    /** id → entry {d, id, sig, row, rule, service, outcome, at, atMs, search}. */
     entries: new Map(),
+    /** The entries newest first (see newestFirst), as the rows are in the list. */
     order: [],
     loaded: false,
+    /** The server's version of the list that the page reflects (see refreshDecisions). */
+    version: null,
+    /** When the whole list was last fetched (performance.now()), and whether it must be again. */
+    fullAt: -Infinity,
+    fullDue: false,
     limit: 1000,
     filters: { rule: '', service: '', outcome: '', time: 'all', q: '' },
     view: null,
     detailId: null,
+    /** Whether the next render of the detail takes the focus (it was just opened). */
+    focusDetail: false,
     detail: null,
     listScroll: 0,
     rulesRoute: null,
@@ -429,7 +500,7 @@
     const labels = obj(d.labels);
     const service = labels.service_name;
     const labelText = Object.entries(labels).filter(([k]) => k !== 'service_name').map(([k, v]) => `${k}=${v}`).join(' ');
-    put(1, [h('span', { class: 'rule-name' }, str(d.rule)), d.trigger && d.trigger !== 'firing' ? tag(str(d.trigger), `trig trig-${d.trigger}`) : null],
+    put(1, [h('span', { class: 'rule-name' }, str(d.rule)), d.trigger && d.trigger !== 'firing' ? triggerTag(d.trigger) : null],
       [service ? `${service}` : '', labelText].filter(Boolean).join(' · ') || str(d.fingerprint));
 
     const rows = Number(det.rows);
@@ -478,16 +549,25 @@
 
   function makeEntry(d, sig) {
     const labels = obj(d.labels);
+    const at = Number(d.at);
     return {
       d,
+      id: d.id,
       sig,
       row: buildRow(d),
       rule: str(d.rule),
       service: str(labels.service_name),
       outcome: str(d.outcome) || 'none',
+      at: Number.isFinite(at) ? at : -Infinity,
       atMs: nsToMs(d.at),
       search: searchText(d),
     };
+  }
+
+  /** The list's order: newest `at` first, then by id, so that equal times always sort the same. */
+  function newestFirst(a, b) {
+    if (a.at !== b.at) return a.at > b.at ? -1 : 1;
+    return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
   }
 
   const TIME_WINDOWS = { '15m': 15 * 60e3, '1h': 3600e3, '6h': 6 * 3600e3, '24h': 24 * 3600e3 };
@@ -526,6 +606,7 @@
     const total = state.order.length;
     byId('decisions-count').textContent = `${shown} of ${total}`;
     const empty = byId('decisions-empty');
+    if (state.loaded) delete empty.dataset.loading;
     if (!state.loaded) {
       empty.textContent = 'Loading decisions…';
       empty.hidden = false;
@@ -566,49 +647,131 @@
     setOptions(byId('filter-service'), sorted(services), 'All services');
   }
 
-  /** Takes in a fresh list (newest first): builds new rows, rebuilds changed ones, drops gone ones. */
+  /** A decision from the server, or null for anything else. */
+  const asDecision = (d) => (isObj(d) && typeof d.id === 'string' ? d : null);
+
+  /** An entry for `d`: the one shown if `d` did not change, else a new one (its row replacing the old one in place). */
+  function entryFor(d) {
+    const sig = signature(d);
+    const old = state.entries.get(d.id);
+    if (old && old.sig === sig) return old;
+    const e = makeEntry(d, sig);
+    if (old) {
+      e.row.hidden = old.row.hidden;
+      if (old.row.parentNode) old.row.replaceWith(e.row);
+    }
+    return e;
+  }
+
+  /**
+   * Takes in the whole list (the first load, and the reconciliation every
+   * FULL_RELOAD_MS): builds new rows, rebuilds changed ones, drops those the
+   * server no longer has.
+   */
   function applyDecisions(list) {
-    const list_ = byId('decisions-list');
-    const first = !state.loaded;
     const fresh = new Map();
-    const order = [];
-    for (const d of arr(list)) {
-      if (!isObj(d) || typeof d.id !== 'string' || fresh.has(d.id)) continue;
-      const sig = signature(d);
-      let e = state.entries.get(d.id);
-      if (!e) {
-        e = makeEntry(d, sig);
-      } else if (e.sig !== sig) {
-        const old = e.row;
-        e = makeEntry(d, sig);
-        e.row.hidden = old.hidden;
-        if (old.parentNode) old.replaceWith(e.row);
-      }
+    let order = [];
+    for (const raw of arr(list)) {
+      const d = asDecision(raw);
+      if (!d || fresh.has(d.id)) continue;
+      const e = entryFor(d);
       fresh.set(d.id, e);
       order.push(e);
     }
-    for (const [id, e] of state.entries) if (!fresh.has(id)) e.row.remove();
+    // The server lists in the order decisions were first recorded; sorting
+    // here gives the order that merged updates keep (see mergeDecisions).
+    order.sort(newestFirst);
+    if (order.length > state.limit) {
+      for (const e of order.slice(state.limit)) {
+        fresh.delete(e.id);
+        e.row.remove(); // a changed entry's row may have taken an old one's place
+      }
+      order = order.slice(0, state.limit);
+    }
+    for (const [id, e] of state.entries) if (fresh.get(id) !== e) e.row.remove();
     state.entries = fresh;
     state.order = order;
+    placeRows(order);
+    afterListChange();
+  }
 
-    if (!list_.firstChild) {
+  /** Puts the rows in the list in `order`, moving only those out of place. */
+  function placeRows(order) {
+    const list = byId('decisions-list');
+    if (!list.firstChild) {
       const frag = document.createDocumentFragment();
       for (const e of order) frag.append(e.row);
-      list_.append(frag);
-    } else {
-      let cursor = list_.firstElementChild;
-      for (const e of order) {
-        if (e.row === cursor) cursor = cursor.nextElementSibling;
-        else list_.insertBefore(e.row, cursor);
-      }
+      list.append(frag);
+      return;
     }
+    let cursor = list.firstElementChild;
+    for (const e of order) {
+      if (e.row === cursor) cursor = cursor.nextElementSibling;
+      else list.insertBefore(e.row, cursor);
+    }
+  }
+
+  /** Where `e` belongs in state.order (binary search: the order is sorted). */
+  function insertionIndex(e) {
+    let lo = 0;
+    let hi = state.order.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (newestFirst(state.order[mid], e) < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /**
+   * Takes in the decisions changed since the last fetch: a decision shown is
+   * updated in place, a new one is inserted where it belongs, and the oldest
+   * go past state.limit. Returns how many rows changed.
+   */
+  function mergeDecisions(list) {
+    const list_ = byId('decisions-list');
+    let changed = 0;
+    for (const raw of arr(list)) {
+      const d = asDecision(raw);
+      if (!d) continue;
+      const old = state.entries.get(d.id);
+      const e = entryFor(d);
+      if (e === old) continue;
+      changed++;
+      state.entries.set(d.id, e);
+      const i = old ? state.order.indexOf(old) : -1;
+      if (i >= 0) {
+        if (old.at === e.at) {
+          state.order[i] = e; // its row already took the old one's place
+          continue;
+        }
+        state.order.splice(i, 1); // `at` changed (it should not): place it again
+      }
+      const at = insertionIndex(e);
+      state.order.splice(at, 0, e);
+      const next = state.order[at + 1];
+      list_.insertBefore(e.row, next ? next.row : null);
+    }
+    while (state.order.length > state.limit) {
+      const gone = state.order.pop();
+      state.entries.delete(gone.id);
+      gone.row.remove();
+      changed++;
+    }
+    if (changed) afterListChange();
+    return changed;
+  }
+
+  /** Filter choices, counts and the first-render marks, after the list changed. */
+  function afterListChange() {
+    const first = !state.loaded;
     state.loaded = true;
     updateFilterOptions();
     if (first) {
       const dt = applyFiltersTimed();
       window.homeostatTimings.firstRender = performance.now();
       window.homeostatTimings.lastFilter = dt;
-      window.homeostatTimings.rows = order.length;
+      window.homeostatTimings.rows = state.order.length;
       document.body.dataset.decisionsLoaded = 'true';
       requestAnimationFrame(() => setTimeout(() => {
         window.homeostatTimings.firstFrame = performance.now();
@@ -622,31 +785,74 @@
     return performance.now() - t0;
   }
 
-  const refreshDecisions = coalesced(async () => {
-    let body;
+  // After the first load, a change fetches only the decisions changed after
+  // the version of the list the page last saw: the server counts every change,
+  // so nothing is missed and nothing is fetched twice, whatever the clocks.
+  // The whole list is fetched again now and then, for what an update cannot
+  // tell: decisions the server dropped to keep its last 1000.
+  const FULL_RELOAD_MS = 60e3;
+
+  function fullLoadDue() {
+    if (!state.loaded || state.fullDue) return true;
+    // A tab in the background reconciles when it is looked at again.
+    return !document.hidden && performance.now() - state.fullAt >= FULL_RELOAD_MS;
+  }
+
+  /** The whole list; a server keeping fewer decisions than asked for gets asked for fewer. */
+  async function fetchAllDecisions() {
     const asked = state.limit;
-    const t0 = performance.now();
     try {
-      body = await api(`/api/v1/decisions?limit=${asked}`);
+      return await request(`/api/v1/decisions?limit=${asked}`);
     } catch (e) {
       if (!(e instanceof ApiError && e.status === 400)) throw e;
-      // A server keeping fewer decisions than asked for: ask for what
-      // /api/v1/status says it keeps, or for its default.
+      // Ask for what /api/v1/status says it keeps, or for its default.
       await statusReady;
       if (state.limit === asked) state.limit = 100;
-      body = await api(`/api/v1/decisions?limit=${state.limit}`);
+      return request(`/api/v1/decisions?limit=${state.limit}`);
     }
-    const t1 = performance.now();
+  }
+
+  // At most one fetch a second, however many changes are announced.
+  const refreshDecisions = coalesced(async () => {
+    const full = fullLoadDue();
     const first = !state.loaded;
-    applyDecisions(obj(body).decisions);
+    const t0 = performance.now();
+    let res;
+    try {
+      if (full) {
+        state.fullDue = false;
+        res = await fetchAllDecisions();
+      } else {
+        res = await request(`/api/v1/decisions?limit=${state.limit}&after=${state.version}`);
+      }
+    } catch (e) {
+      if (full) state.fullDue = true;
+      showViewError('decisions', state.loaded ? 'Could not refresh the decisions (the list shows the last ones loaded)' : 'Could not load the decisions', e);
+      throw e;
+    }
+    clearViewError('decisions');
+    const body = obj(res.body);
+    if (Number.isSafeInteger(body.version)) state.version = body.version;
+    const t1 = performance.now();
+    const received = arr(body.decisions);
+    // The server answers with the whole list when the version asked for is
+    // from before it restarted.
+    const whole = full || body.full === true;
+    let changed;
+    if (whole) {
+      state.fullAt = t0;
+      applyDecisions(received);
+      changed = received.length;
+    } else changed = mergeDecisions(received);
+    window.homeostatTimings.lastUpdate = {
+      kind: whole ? 'full' : 'after', received: received.length, changed, chars: res.chars, ms: performance.now() - t0,
+    };
     if (first) {
       // Where the first render's time went: the request (and JSON parse), then the DOM.
       window.homeostatTimings.fetchMs = t1 - t0;
       window.homeostatTimings.buildMs = performance.now() - t1;
     }
     if (state.view === 'detail') refreshDetail();
-    // The whole list is fetched again on each change (up to 1000 decisions,
-    // a few MB): at most once a second, however many changes are announced.
   }, 1000);
 
   function readFiltersFromControls() {
@@ -792,7 +998,7 @@
 
       // Heading.
       root.append(h('header', { class: 'detail-head', id: 'sec-rule' },
-        h('h1', null, h('a', { href: hrefRule(str(d.rule)) }, str(d.rule)), ' ', tag(str(d.trigger), `trig trig-${str(d.trigger)}`)),
+        h('h1', { tabindex: '-1', class: 'detail-title' }, h('a', { href: hrefRule(str(d.rule)) }, str(d.rule)), ' ', triggerTag(d.trigger)),
         h('div', { class: 'detail-meta' },
           h('span', null, 'decision ', h('code', { class: 'sel' }, str(d.id))),
           h('span', null, 'at ', timeEl(d.at)),
@@ -924,6 +1130,10 @@
 
       root.append(h('details', { class: 'raw', 'data-key': 'raw' }, h('summary', null, 'Raw JSON'), jsonPre(d)));
     });
+    if (state.focusDetail && state.view === 'detail') {
+      state.focusDetail = false;
+      root.querySelector('.detail-title').focus({ preventScroll: true });
+    }
   }
 
   /** The rationale trace's spans, from the local spans table. */
@@ -1003,10 +1213,12 @@
   // -------------------------------------------------------------- approvals
 
   function approvalControls(d, prefix) {
-    const comment = h('input', { type: 'text', class: 'comment', placeholder: 'Comment (optional)', 'aria-label': 'Comment', maxlength: 500 });
+    // Several approvals share a page: each control says which action it answers.
+    const what = [str(d.rule), fmtKV(d.labels)].filter(Boolean).join(' ');
+    const comment = h('input', { type: 'text', class: 'comment', placeholder: 'Comment (optional)', 'aria-label': `Comment on ${what} (optional)`, maxlength: 500 });
     const note = h('span', { class: 'answer-note', 'aria-live': 'polite' });
-    const approve = h('button', { type: 'button', class: 'btn btn-approve', testid: `${prefix}approve-button` }, 'Approve');
-    const deny = h('button', { type: 'button', class: 'btn btn-deny', testid: `${prefix}deny-button` }, 'Deny');
+    const approve = h('button', { type: 'button', class: 'btn btn-approve', testid: `${prefix}approve-button`, 'aria-label': `Approve ${what}` }, 'Approve');
+    const deny = h('button', { type: 'button', class: 'btn btn-deny', testid: `${prefix}deny-button`, 'aria-label': `Deny ${what}` }, 'Deny');
     const answer = async (decision) => {
       approve.disabled = true;
       deny.disabled = true;
@@ -1042,7 +1254,7 @@
         h('div', { class: 'approval-title' },
           badge('awaiting_approval'), ' ',
           h('a', { href: hrefDecision(str(d.id)), class: 'rule-name' }, str(d.rule)), ' ',
-          tag(str(d.trigger), `trig trig-${str(d.trigger)}`)),
+          triggerTag(d.trigger)),
         h('div', { class: 'chips' }, labelChips(d.labels)),
         h('div', { class: 'approval-meta' },
           h('span', null, 'requested ', h('time', { title: fmtDateTime(ap.requested_at || d.at) }, fmtRelative(ap.requested_at || d.at))),
@@ -1083,27 +1295,38 @@
     }
     const n = order.length;
     const pill = byId('approvals-pill');
-    pill.textContent = String(n);
+    // Read as "Approvals, 3 waiting", shown as a number.
+    pill.replaceChildren(h('span', { class: 'sr-only' }, ', '), String(n), h('span', { class: 'sr-only' }, ' waiting'));
     pill.hidden = n === 0;
     const empty = byId('approvals-empty');
+    delete empty.dataset.loading;
     empty.textContent = 'No action is waiting for approval.';
     empty.hidden = n > 0;
   }
 
   const refreshApprovals = coalesced(async () => {
-    const body = await api('/api/v1/approvals');
-    applyApprovals(obj(body).approvals);
+    try {
+      applyApprovals(obj(await api('/api/v1/approvals')).approvals);
+    } catch (e) {
+      showViewError('approvals', 'Could not load the approvals', e);
+      throw e;
+    }
+    clearViewError('approvals');
   });
 
   // ------------------------------------------------------------------ rules
 
   const STATE_ORDER = { firing: 0, pending: 1, resolved: 2, inactive: 3 };
+  /** name → card {el, parts: {head, evaluation, instances, extra}, sigs, rule}. */
   const ruleCards = new Map();
   // A rule grouping by a busy column can have thousands of instances: a card
-  // shows the most urgent few, or up to INSTANCES_SHOWN when asked to.
+  // shows the most urgent few, and more, INSTANCES_STEP at a time, up to
+  // INSTANCES_MAX, when asked to.
   const INSTANCES_FEW = 10;
-  const INSTANCES_SHOWN = 200;
-  const expandedRules = new Set();
+  const INSTANCES_STEP = 50;
+  const INSTANCES_MAX = 200;
+  /** name → how many instances its card shows, when not INSTANCES_FEW. */
+  const instancesShown = new Map();
   let lastRules = null;
 
   function evaluationChart(evals) {
@@ -1153,56 +1376,144 @@
     return svg;
   }
 
-  function instancesTable(rule) {
-    const all = arr(rule.instances).slice().sort((a, b) => (STATE_ORDER[obj(a).state] ?? 9) - (STATE_ORDER[obj(b).state] ?? 9));
-    const box = h('div', { class: 'instances', testid: 'rule-instances', data: { count: String(all.length) } });
-    if (!all.length) {
-      box.append(h('p', { class: 'dim' }, 'No instance: the query returns no rows.'));
-      return box;
-    }
-    const name = str(rule.name);
-    const expanded = expandedRules.has(name);
-    const instances = all.slice(0, expanded ? INSTANCES_SHOWN : INSTANCES_FEW);
-    box.append(h('div', { class: 'table-wrap' }, h('table', { class: 'grid' },
-      h('thead', null, h('tr', null, ['state', 'labels', 'values', 'episode', 'since', 'fired', 'resolved', 'last seen', 'transitions'].map((c) => h('th', null, c)))),
-      h('tbody', null, instances.map((i) => {
-        const inst = obj(i);
-        const trans = arr(inst.transitions);
-        return h('tr', { class: `inst-row tone-row-${toneOf(inst.state)}`, data: { fingerprint: str(inst.fingerprint), state: str(inst.state) } },
-          h('td', null, badge(inst.state)),
-          h('td', { class: 'wrap' }, labelChips(inst.labels)),
-          h('td', { class: 'mono wrap' }, fmtKV(inst.values, 6)),
-          h('td', { class: 'num' }, str(inst.episode)),
-          h('td', { title: fmtDateTime(inst.active_since) }, inst.active_since ? fmtRelative(inst.active_since) : '—'),
-          h('td', { title: fmtDateTime(inst.fired_at) }, inst.fired_at ? fmtRelative(inst.fired_at) : '—'),
-          h('td', { title: fmtDateTime(inst.resolved_at) }, inst.resolved_at ? fmtRelative(inst.resolved_at) : '—'),
-          h('td', { title: fmtDateTime(inst.last_seen) }, inst.last_seen ? fmtRelative(inst.last_seen) : '—'),
-          h('td', null, trans.length ? h('details', { 'data-key': `tr-${str(inst.fingerprint)}` }, h('summary', null, plural(trans.length, 'transition')),
-            h('ol', { class: 'transitions' }, trans.map((t) => h('li', null, h('span', { class: 'dim' }, fmtClock(obj(t).at)), ' ', badge(obj(t).from), ' → ', badge(obj(t).to))))) : '—'));
-      })))));
-    const toggle = (on) => () => {
-      if (on) expandedRules.add(name);
-      else expandedRules.delete(name);
-      const card = ruleCards.get(name);
-      if (card) card.sig = null;
-      if (lastRules) applyRules(lastRules);
-    };
-    if (all.length > instances.length) {
-      box.append(h('p', { class: 'dim more' },
-        `${all.length - instances.length} more (firing first, then pending, resolved, inactive). `,
-        !expanded ? h('button', { type: 'button', class: 'linkish', onclick: toggle(true) }, `Show ${Math.min(all.length, INSTANCES_SHOWN)}`) : 'Query the rest with SQL.'));
-    }
-    if (expanded) box.append(h('p', { class: 'more' }, h('button', { type: 'button', class: 'linkish', onclick: toggle(false) }, `Show ${INSTANCES_FEW} only`)));
-    return box;
+  // The rules view is fetched every 2 s and every evaluation changes every
+  // rule (its last evaluation, each instance's `last_seen`). A card is built
+  // once, in parts that are rebuilt only when what they show changed, and
+  // the instances table keeps a row per instance, rebuilt only when that
+  // instance changed: with a thousand instances, rebuilding whole cards kept
+  // the page busy (style and layout of every row) most of the time.
+
+  const INSTANCE_COLUMNS = ['state', 'labels', 'values', 'episode', 'since', 'fired', 'resolved', 'last seen', 'transitions'];
+
+  /** A cell showing how long ago `ns` was; updateAgo refreshes it in place. */
+  function agoCell(ns) {
+    const td = h('td', { class: 'ago' });
+    setAgo(td, ns);
+    return td;
   }
 
-  function ruleCardContent(rule) {
-    const last = isObj(rule.last_evaluation) ? rule.last_evaluation : null;
-    const evals = arr(rule.evaluations);
-    const counts = {};
-    for (const i of arr(rule.instances)) counts[obj(i).state] = (counts[obj(i).state] || 0) + 1;
+  function setAgo(td, ns) {
+    if (td._ns === ns) return;
+    td._ns = ns;
+    td.title = ns ? fmtDateTime(ns) : '';
+    updateAgo(td);
+  }
+
+  function updateAgo(td) {
+    const text = td._ns ? fmtRelative(td._ns) : '—';
+    if (td.textContent !== text) td.textContent = text;
+  }
+
+  function instanceRow(inst) {
+    const trans = arr(inst.transitions);
+    const tr = h('tr', { class: `inst-row tone-row-${toneOf(inst.state)}`, data: { fingerprint: str(inst.fingerprint), state: str(inst.state) } },
+      h('td', null, badge(inst.state)),
+      h('td', { class: 'wrap' }, labelChips(inst.labels)),
+      h('td', { class: 'mono wrap' }, fmtKV(inst.values, 6)),
+      h('td', { class: 'num' }, str(inst.episode)),
+      agoCell(inst.active_since),
+      agoCell(inst.fired_at),
+      agoCell(inst.resolved_at),
+      agoCell(inst.last_seen),
+      h('td', null, trans.length ? h('details', { 'data-key': `tr-${str(inst.fingerprint)}` }, h('summary', null, plural(trans.length, 'transition')),
+        h('ol', { class: 'transitions' }, trans.map((t) => h('li', null, h('span', { class: 'dim' }, fmtClock(obj(t).at)), ' ', badge(obj(t).from), ' → ', badge(obj(t).to))))) : '—'));
+    tr._lastSeen = tr.children[7];
+    return tr;
+  }
+
+  /** What changes an instance's row, but for `last_seen` (new at each evaluation, updated in place). */
+  function instanceSig(inst) {
+    return JSON.stringify([inst.state, inst.labels, inst.values, inst.episode, inst.active_since, inst.fired_at, inst.resolved_at, inst.transitions]);
+  }
+
+  /** The instances part of a card: a table kept row by row, and what is not shown. */
+  function makeInstancesPart(name) {
+    const tbody = h('tbody');
+    const table = h('div', { class: 'table-wrap' }, h('table', { class: 'grid' },
+      h('thead', null, h('tr', null, INSTANCE_COLUMNS.map((c) => h('th', { scope: 'col' }, c)))), tbody));
+    const none = h('p', { class: 'dim' }, 'No instance: the query returns no rows.');
+    const more = h('div', { class: 'more' });
+    return { name, box: h('div', { class: 'instances', testid: 'rule-instances' }, table, none, more), table, tbody, none, more, rows: new Map(), moreSig: null };
+  }
+
+  function updateInstances(part, rule) {
+    // Firing first, then pending, resolved, inactive; within each the latest
+    // to become active first, then by labels: an order that does not move
+    // between two fetches.
+    const all = arr(rule.instances).filter(isObj).map((inst) => ({
+      inst, rank: STATE_ORDER[inst.state] ?? 9, since: Number(inst.active_since) || 0, key: fmtKV(inst.labels),
+    }));
+    all.sort((a, b) => a.rank - b.rank || b.since - a.since || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    const sorted = all.map((x) => x.inst);
+    const limit = Math.min(instancesShown.get(part.name) || INSTANCES_FEW, INSTANCES_MAX);
+    const shown = sorted.slice(0, limit);
+    part.box.dataset.count = String(all.length);
+    part.table.hidden = shown.length === 0;
+    part.none.hidden = shown.length > 0;
+
+    const fresh = new Map();
+    const order = [];
+    for (const inst of shown) {
+      const fp = str(inst.fingerprint);
+      if (fresh.has(fp)) continue;
+      const sig = instanceSig(inst);
+      let row = part.rows.get(fp);
+      if (!row) row = { sig, tr: instanceRow(inst) };
+      else if (row.sig !== sig) {
+        const old = row.tr;
+        row = { sig, tr: instanceRow(inst) };
+        if (old.parentNode) keepOpen(part.tbody, () => old.replaceWith(row.tr));
+      } else setAgo(row.tr._lastSeen, inst.last_seen);
+      fresh.set(fp, row);
+      order.push(row);
+    }
+    for (const [fp, row] of part.rows) if (fresh.get(fp) !== row) row.tr.remove();
+    part.rows = fresh;
+    let cursor = part.tbody.firstElementChild;
+    for (const row of order) {
+      if (row.tr === cursor) cursor = cursor.nextElementSibling;
+      else part.tbody.insertBefore(row.tr, cursor);
+    }
+    // "12s ago" moves on even when nothing else does.
+    for (const td of part.tbody.querySelectorAll('td.ago')) updateAgo(td);
+    updateInstancesMore(part, all.length, shown.length, limit);
+  }
+
+  /** The line under the table: how many are not shown, and buttons to show more or fewer. */
+  function updateInstancesMore(part, total, shown, limit) {
+    const sig = `${total}|${shown}|${limit}`;
+    if (part.moreSig === sig) return;
+    part.moreSig = sig;
+    const show = (n) => () => {
+      if (n === INSTANCES_FEW) instancesShown.delete(part.name);
+      else instancesShown.set(part.name, n);
+      const card = ruleCards.get(part.name);
+      if (card && card.rule) updateInstances(part, card.rule);
+    };
+    const hiddenCount = total - shown;
+    const next = Math.min(limit + INSTANCES_STEP, INSTANCES_MAX, total);
+    const ruleSql = () => str(obj(obj(ruleCards.get(part.name)).rule).sql);
+    const button = (key, onclick, text) => h('button', { type: 'button', class: 'linkish', data: { focus: key }, onclick }, text);
+    // Focus follows the button by what it does, not where it is: pressing
+    // Enter again and again on "Show more" must not land on another button.
+    const active = document.activeElement;
+    const had = part.more.contains(active) ? active.dataset.focus : null;
+    part.more.replaceChildren(...[
+      hiddenCount > 0 ? h('p', { class: 'dim' },
+        `${plural(hiddenCount, 'more instance')} (firing first, then pending, resolved, inactive). `,
+        next > shown ? button('more', show(next), `Show ${next}`) : null,
+        // Beyond INSTANCES_MAX, the rule's own query shows every row.
+        limit >= INSTANCES_MAX ? button('sql', () => openQuery(ruleSql()), 'Run the rule’s query in the SQL console') : null) : null,
+      limit > INSTANCES_FEW ? h('p', null, button('fewer', show(INSTANCES_FEW), `Show ${INSTANCES_FEW} only`)) : null,
+    ].filter(Boolean));
+    if (had) {
+      const again = ['more', 'fewer'].reduce((found, key) => found || part.more.querySelector(`[data-focus="${key}"]`), part.more.querySelector(`[data-focus="${had}"]`));
+      if (again) again.focus({ preventScroll: true });
+    }
+  }
+
+  function ruleHead(rule, counts) {
     const name = str(rule.name);
-    const vanished = arr(rule.vanished);
     return [
       h('header', { class: 'rule-head' },
         h('h2', null, name),
@@ -1220,20 +1531,29 @@
         h('span', null, h('span', { class: 'dim' }, 'action '), rule.action ? h('code', null, str(rule.action)) : 'none'),
         h('span', { class: 'file', title: str(rule.file) }, h('span', { class: 'dim' }, 'file '), h('code', null, str(rule.file)))),
       Object.keys(obj(rule.labels)).length ? h('div', { class: 'chips' }, labelChips(rule.labels)) : null,
-      h('div', { class: 'rule-eval' },
-        h('div', { class: 'last-eval' },
-          h('h3', null, 'Last evaluation'),
-          last ? kvList([
-            ['at', h('span', { title: fmtDateTime(last.at) }, `${fmtClock(last.at)} (${fmtRelative(last.at)})`)],
-            ['window', `${fmtClock(last.window_start)} → ${fmtClock(last.window_end)}`],
-            ['took', fmtDuration(Number(last.duration_seconds) * 1e9)],
-            ['rows', str(last.rows)],
-          ]) : h('p', { class: 'dim' }, 'Not evaluated yet.'),
-          last && last.error != null ? h('div', { class: 'error-box', testid: 'rule-error' }, str(last.error)) : null),
-        h('figure', { class: 'chart-box' }, evaluationChart(evals),
-          h('figcaption', null, h('span', { class: 'legend legend-bar' }, 'duration'), h('span', { class: 'legend legend-line' }, 'rows'), h('span', { class: 'legend legend-error' }, 'error'), h('span', { class: 'dim' }, ` last ${evals.length} evaluations`)))),
-      h('h3', null, 'Instances'),
-      instancesTable(rule),
+    ];
+  }
+
+  function ruleEvaluation(rule) {
+    const last = isObj(rule.last_evaluation) ? rule.last_evaluation : null;
+    const evals = arr(rule.evaluations);
+    return h('div', { class: 'rule-eval' },
+      h('div', { class: 'last-eval' },
+        h('h3', null, 'Last evaluation'),
+        last ? kvList([
+          ['at', h('span', { title: fmtDateTime(last.at) }, `${fmtClock(last.at)} (${fmtRelative(last.at)})`)],
+          ['window', `${fmtClock(last.window_start)} → ${fmtClock(last.window_end)}`],
+          ['took', fmtDuration(Number(last.duration_seconds) * 1e9)],
+          ['rows', str(last.rows)],
+        ]) : h('p', { class: 'dim' }, 'Not evaluated yet.'),
+        last && last.error != null ? h('div', { class: 'error-box', testid: 'rule-error' }, str(last.error)) : null),
+      h('figure', { class: 'chart-box' }, evaluationChart(evals),
+        h('figcaption', null, h('span', { class: 'legend legend-bar' }, 'duration'), h('span', { class: 'legend legend-line' }, 'rows'), h('span', { class: 'legend legend-error' }, 'error'), h('span', { class: 'dim' }, ` last ${evals.length} evaluations`))));
+  }
+
+  function ruleExtra(rule) {
+    const vanished = arr(rule.vanished);
+    return [
       vanished.length ? h('details', { 'data-key': 'vanished' }, h('summary', null, `${plural(vanished.length, 'vanished instance transition')}`),
         h('ol', { class: 'transitions' }, vanished.map((ev) => {
           const t = obj(obj(ev).transition);
@@ -1243,28 +1563,52 @@
     ];
   }
 
+  function makeRuleCard(name) {
+    const parts = { head: h('div'), evaluation: h('div'), instances: makeInstancesPart(name), extra: h('div') };
+    const el = h('article', { class: 'rule-card', testid: 'rule-card', data: { rule: name } },
+      parts.head, parts.evaluation, h('h3', null, 'Instances'), parts.instances.box, parts.extra);
+    return { el, parts, sigs: {}, rule: null };
+  }
+
+  /** Rebuilds `part` of a card with `build()` if `sig` differs from the last one. */
+  function updatePart(card, key, sig, build) {
+    if (card.sigs[key] === sig) return;
+    card.sigs[key] = sig;
+    const el = card.parts[key];
+    keepOpen(el, () => el.replaceChildren(...[build()].flat().filter(Boolean)));
+  }
+
+  function updateRuleCard(card, rule) {
+    card.rule = rule;
+    const counts = {};
+    for (const i of arr(rule.instances)) counts[obj(i).state] = (counts[obj(i).state] || 0) + 1;
+    card.el.dataset.health = str(rule.health);
+    card.el.classList.toggle('rule-error', rule.health === 'error');
+    const settings = ['name', 'health', 'description', 'every', 'window', 'lateness', 'for', 'keep_firing_for', 'action', 'file', 'labels'].map((k) => rule[k]);
+    updatePart(card, 'head', JSON.stringify([settings, counts]), () => ruleHead(rule, counts));
+    // Rebuilt at every evaluation (its time, the chart); small.
+    updatePart(card, 'evaluation', JSON.stringify([rule.last_evaluation, rule.evaluations]), () => ruleEvaluation(rule));
+    updateInstances(card.parts.instances, rule);
+    updatePart(card, 'extra', JSON.stringify([rule.vanished, rule.sql]), () => ruleExtra(rule));
+  }
+
   function applyRules(body) {
     lastRules = body;
     const root = byId('rules-list');
     const rules = arr(obj(body).rules).filter((r) => isObj(r) && r.name != null);
-    const errors = arr(obj(body).errors);
+    const errors = arr(obj(body).errors).map(str);
     const errList = byId('rule-errors');
-    errList.replaceChildren(...errors.map((e) => h('li', { class: 'error-box' }, str(e))));
-    errList.hidden = errors.length === 0;
+    if (errList.dataset.key !== errors.join('\u0000')) {
+      errList.dataset.key = errors.join('\u0000');
+      errList.replaceChildren(...errors.map((e) => h('li', { class: 'error-box' }, e)));
+      errList.hidden = errors.length === 0;
+    }
     const fresh = new Map();
     for (const rule of rules) {
       const name = str(rule.name);
-      const sig = JSON.stringify(rule);
-      let card = ruleCards.get(name);
-      if (!card) {
-        card = { el: h('article', { class: 'rule-card', testid: 'rule-card', data: { rule: name } }), sig: null };
-      }
-      if (card.sig !== sig) {
-        card.sig = sig;
-        card.el.dataset.health = str(rule.health);
-        card.el.classList.toggle('rule-error', rule.health === 'error');
-        keepOpen(card.el, () => card.el.replaceChildren(...ruleCardContent(rule).filter(Boolean)));
-      }
+      if (fresh.has(name)) continue;
+      const card = ruleCards.get(name) || makeRuleCard(name);
+      updateRuleCard(card, rule);
       fresh.set(name, card);
     }
     for (const [name, card] of ruleCards) if (!fresh.has(name)) card.el.remove();
@@ -1283,6 +1627,7 @@
     }
     byId('rules-summary').textContent = `${plural(rules.length, 'rule')} · ${firing} firing · ${plural(failing, 'failing evaluation')}${errors.length ? ` · ${plural(errors.length, 'load error')}` : ''}`;
     const empty = byId('rules-empty');
+    delete empty.dataset.loading;
     empty.textContent = 'No rules loaded. Add rule files to the rules folder.';
     empty.hidden = rules.length > 0;
     if (state.rulesRoute) {
@@ -1297,7 +1642,13 @@
   }
 
   const refreshRules = coalesced(async () => {
-    applyRules(await api('/api/v1/rules'));
+    try {
+      applyRules(await api('/api/v1/rules'));
+    } catch (e) {
+      showViewError('rules', lastRules ? 'Could not refresh the rules (showing the last ones loaded)' : 'Could not load the rules', e);
+      throw e;
+    }
+    clearViewError('rules');
   });
 
   // ------------------------------------------------------------ SQL console
@@ -1310,6 +1661,12 @@
     ['logs', 'SELECT time, service_name, severity_text, body\nFROM logs\nORDER BY time DESC\nLIMIT 50'],
     ['decisions', 'SELECT *\nFROM decisions\nLIMIT 50'],
   ];
+
+  /** Opens the SQL console with `sql` in it, not yet run. */
+  function openQuery(sql) {
+    byId('query-input').value = sql.trim();
+    location.hash = '#/query';
+  }
 
   async function runQuery() {
     const input = byId('query-input');
@@ -1379,6 +1736,12 @@
     else if (previous !== view) window.scrollTo(0, 0);
   }
 
+  function focusRow(id) {
+    const e = state.entries.get(id);
+    // After setView's scroll restoration, which waits for a frame too.
+    if (e && !e.row.hidden) requestAnimationFrame(() => e.row.focus({ preventScroll: true }));
+  }
+
   function parseHash() {
     const raw = location.hash.replace(/^#\/?/, '');
     const q = raw.indexOf('?');
@@ -1409,15 +1772,23 @@
             if (state.detailId === id && state.detail === cached.d) renderDetail(cached.d);
           });
         } else showDetailMessage('Loading decision…');
+        // Where the keyboard (and a screen reader) goes once it is shown.
+        state.focusDetail = true;
       }
       setView('detail');
       refreshDetail();
     } else if (head === 'decisions') {
+      const from = state.view === 'detail' ? state.detailId : null;
       state.detailId = null;
       filtersFromParams(params);
       if (state.loaded) applyFilters(true);
       setView('decisions');
-      byId('back-to-list').href = `#/decisions${filtersQuery()}`;
+      const query = filtersQuery();
+      // The address says which filters are on, also after a click on the tab.
+      if (!params.toString() && query) history.replaceState(null, '', `#/decisions${query}`);
+      byId('back-to-list').href = `#/decisions${query}`;
+      // Back from a decision: the keyboard is where it was, on its row.
+      if (from) focusRow(from);
     } else if (head === 'rules') {
       state.detailId = null;
       state.rulesRoute = parts[1] || null;
@@ -1452,12 +1823,13 @@
   }
 
   function onDecisionsChanged() {
-    refreshDecisions();
+    refreshDecisions(); // and the open decision, once the list is in
     refreshApprovals();
-    if (state.view === 'detail') refreshDetail();
   }
 
   function onTick() {
+    // The periodic reconciliation, or a retry of a load that failed.
+    if (fullLoadDue()) refreshDecisions();
     if (state.view === 'rules') refreshRules();
     if (state.filters.time !== 'all' && state.loaded) applyFilters(false);
     for (const row of approvalRows.values()) updateExpiry(row);
@@ -1489,12 +1861,17 @@
     es.addEventListener('open', () => {
       setLive('live');
       stopPolling();
-      // Changes made while the stream was down were not announced.
-      if (state.everOpened) onDecisionsChanged();
+      // Changes made while the stream was down were not announced, and the
+      // server may have restarted (with other decisions, another version).
+      if (state.everOpened) {
+        state.fullDue = true;
+        loadStatus();
+        onDecisionsChanged();
+      }
       state.everOpened = true;
     });
     es.addEventListener('decisions', onDecisionsChanged);
-    es.addEventListener('tick', () => {
+    es.addEventListener('tick', (ev) => {
       if (byId('live').dataset.state !== 'live') setLive('live');
       onTick();
     });
@@ -1545,17 +1922,27 @@
     } catch {
       // No storage: start empty.
     }
-    document.addEventListener('keydown', (ev) => {
-      const t = ev.target;
-      const typing = t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement;
-      if (ev.key === '/' && !typing && state.view === 'decisions') {
-        ev.preventDefault();
-        byId('filter-search').focus();
-      } else if (ev.key === 'Escape' && !typing && state.view === 'detail') {
-        location.hash = byId('back-to-list').getAttribute('href');
-      }
-    });
+    document.addEventListener('keydown', onShortcut);
     window.addEventListener('hashchange', route);
+  }
+
+  /** True when keys typed in `el` are text: shortcuts leave them alone. */
+  function isTyping(el) {
+    return el instanceof HTMLInputElement || el instanceof HTMLTextAreaElement || el instanceof HTMLSelectElement ||
+      (el instanceof HTMLElement && el.isContentEditable);
+  }
+
+  /** "/" focuses the decisions search; Esc goes from a decision back to the list. */
+  function onShortcut(ev) {
+    if (ev.defaultPrevented || ev.ctrlKey || ev.metaKey || ev.altKey || ev.isComposing || isTyping(ev.target)) return;
+    if (ev.key === '/' && state.view === 'decisions') {
+      ev.preventDefault();
+      byId('filter-search').focus();
+      byId('filter-search').select();
+    } else if (ev.key === 'Escape' && state.view === 'detail') {
+      ev.preventDefault();
+      location.hash = byId('back-to-list').getAttribute('href');
+    }
   }
 
   function start() {
