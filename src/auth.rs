@@ -106,21 +106,46 @@ impl Token {
         scheme.eq_ignore_ascii_case(b"bearer ") && self.matches(value[7..].trim_ascii())
     }
 
-    /// A value standing for the token in a browser's cookie: derived from
-    /// it, so the token itself is never stored by the browser.
-    pub fn session(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(b"homeostat dashboard session\0");
-        h.update(self.digest);
-        const_hex::encode(h.finalize())
+    /// A session for a browser that presented the token at `issued_at`
+    /// (Unix seconds): `issued_at.mac`, where the MAC is HMAC-SHA256 keyed
+    /// by the token's digest. It proves the token was typed in, without
+    /// holding it; it expires after [`SESSION_MAX_AGE`]; changing the token
+    /// ends every session; and every replica sharing the token accepts it.
+    pub fn session(&self, issued_at: u64) -> String {
+        format!(
+            "{issued_at}.{}",
+            const_hex::encode(self.session_mac(issued_at))
+        )
     }
 
-    pub fn matches_session(&self, presented: &[u8]) -> bool {
-        digest(presented)
-            .ct_eq(&digest(self.session().as_bytes()))
-            .into()
+    fn session_mac(&self, issued_at: u64) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.digest)
+            .expect("HMAC takes a key of any length");
+        mac.update(b"homeostat dashboard session\0");
+        mac.update(issued_at.to_string().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `presented` is a session of this token, issued at most
+    /// [`SESSION_MAX_AGE`] before `now` (Unix seconds).
+    pub fn matches_session(&self, presented: &[u8], now: u64) -> bool {
+        let Some((issued, mac)) = std::str::from_utf8(presented)
+            .ok()
+            .and_then(|p| p.split_once('.'))
+        else {
+            return false;
+        };
+        let (Ok(issued_at), Ok(mac)) = (issued.parse::<u64>(), const_hex::decode(mac)) else {
+            return false;
+        };
+        let fresh = issued_at <= now + 60 && now - issued_at.min(now) <= SESSION_MAX_AGE.as_secs();
+        fresh && bool::from(mac.ct_eq(&self.session_mac(issued_at)))
     }
 }
+
+/// How long a dashboard session lasts before the token is asked again.
+pub const SESSION_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 impl Access {
     /// The token, if any: the environment variable `env` when set and not
@@ -149,7 +174,7 @@ impl Access {
                 )
                 .map(Some)
             }
-            (None, false) => Token::new(&self.token, format!("{section}.token")).map(Some),
+            (None, false) => Token::new(self.token.trim(), format!("{section}.token")).map(Some),
             (None, true) => Ok(None),
         }
     }
@@ -175,7 +200,12 @@ impl Access {
             section,
             key: "tls_key",
             path: self.tls_key.clone().unwrap_or_default(),
-            message: format!("does not go with tls_cert: {e}"),
+            message: match e {
+                rustls::Error::InconsistentKeys(_) => {
+                    format!("is not the key of tls_cert: {e}")
+                }
+                e => format!("cannot be used: {e}"),
+            },
         })?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Some(Arc::new(config)))
@@ -317,12 +347,23 @@ mod tests {
     }
 
     #[test]
-    fn sessions_stand_for_the_token_without_being_it() {
+    fn sessions_stand_for_the_token_without_being_it_and_expire() {
         let t = Token::new("the-token-0123456789", "t").unwrap();
-        let s = t.session();
+        let now = 1_800_000_000;
+        let s = t.session(now);
         assert!(!s.contains("the-token"));
-        assert!(t.matches_session(s.as_bytes()));
+        assert!(t.matches_session(s.as_bytes(), now));
+        let max = SESSION_MAX_AGE.as_secs();
+        assert!(t.matches_session(s.as_bytes(), now + max));
+        assert!(!t.matches_session(s.as_bytes(), now + max + 1), "expired");
         let other = Token::new("another-token-0123456789", "t").unwrap();
-        assert!(!other.matches_session(s.as_bytes()));
+        assert!(!other.matches_session(s.as_bytes(), now), "another token");
+        // The time is under the MAC: moving it forward breaks it.
+        let (_, mac) = s.split_once('.').unwrap();
+        let moved = format!("{}.{mac}", now + max);
+        assert!(!t.matches_session(moved.as_bytes(), now + max + 10));
+        for junk in ["", ".", "x.y", "1800000000.zz", "1800000000"] {
+            assert!(!t.matches_session(junk.as_bytes(), now), "{junk:?}");
+        }
     }
 }

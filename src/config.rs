@@ -127,6 +127,10 @@ pub struct WebConfig {
     /// `http://jaeger:16686/trace/{trace_id}`, for Grafana Tempo an Explore
     /// URL. Empty: no link.
     pub trace_url: String,
+    /// Host names the API answers to when it has no token, besides IP
+    /// addresses and `localhost`: any other name could be pointed at this
+    /// address by someone else's DNS, letting a web page reach the API.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The environment variable that overrides `[web] token`.

@@ -92,6 +92,10 @@ pub struct Metrics {
     memory_objects: Counter,
     memory_failures: Counter,
     archive: ArchiveMetrics,
+    /// Held from the first `observe_*` of a scrape to its `render`, so that
+    /// concurrent scrapes (a pair of Prometheus servers) never see a family
+    /// half refilled.
+    scrape: parking_lot::Mutex<()>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,6 +170,7 @@ impl Metrics {
             memory_objects: Counter::default(),
             memory_failures: Counter::default(),
             archive: ArchiveMetrics::default(),
+            scrape: parking_lot::Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -272,7 +277,7 @@ impl Metrics {
         );
         registry.register(
             "export_queue_spans",
-            "Rationale spans waiting in the export queue",
+            "Rationale spans queued for export and not yet taken into a batch",
             m.export_queue.clone(),
         );
         registry.register(
@@ -304,7 +309,11 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// The Prometheus text exposition, with store gauges read now.
+    /// Taken for a whole scrape: the `observe_*` calls, then `render`.
+    pub fn scrape(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.scrape.lock()
+    }
+
     /// Brings the export counters up to the exporter's own counts.
     pub fn observe_export(&self, stats: crate::decisions::export::ExportStats) {
         let catch_up = |counter: &Counter, total: u64| {
@@ -359,6 +368,7 @@ impl Metrics {
         }
     }
 
+    /// The Prometheus text exposition, with store gauges read now.
     pub fn render(&self, store: &Store) -> String {
         for table in store.tables() {
             let (bytes, rows) = table.usage();

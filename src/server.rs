@@ -105,11 +105,22 @@ fn local(
         .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
-/// Starts an instance on `config`.
+/// Starts an instance on `config`, with tokens from the environment
+/// variables that override it (`HOMEOSTAT_API_TOKEN`,
+/// `HOMEOSTAT_OTLP_TOKEN`).
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    start_with_env(config, |name| std::env::var(name).ok()).await
+}
+
+/// [`start`], with the environment read through `var` (tests pass their
+/// own, so that the caller's environment does not change them).
+pub async fn start_with_env(
+    config: Config,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Running, ServerError> {
     config.validate()?;
     // Tokens and certificates are checked before anything listens.
-    let tokens = config.tokens(|name| std::env::var(name).ok())?;
+    let tokens = config.tokens(var)?;
     let api_tls = config
         .web
         .access()
@@ -248,6 +259,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             decisions_kept: crate::decisions::DECISIONS_KEPT,
         }),
         shutdown: shutdown.clone(),
+        allowed_hosts: Arc::new(config.web.allowed_hosts.clone()),
     });
     tasks.spawn(serve_http(
         "API",
@@ -312,16 +324,54 @@ async fn serve_grpc(
     access: ingest::grpc::Access,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    ingest::grpc::serve(listener, ingester, max_request, access, shutdown)
-        .await
-        .map_err(|e| ServerError::Serve {
-            what: "OTLP/gRPC",
-            message: e.to_string(),
-        })
+    let stop = shutdown.clone();
+    let serving = async move {
+        ingest::grpc::serve(listener, ingester, max_request, access, stop)
+            .await
+            .map_err(|e| ServerError::Serve {
+                what: "OTLP/gRPC",
+                message: with_sources(&e),
+            })
+    };
+    drained("OTLP/gRPC", serving, shutdown).await
 }
 
-/// How long a TLS server lets requests in flight finish after a stop.
-const TLS_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+/// An error and its causes, `a: b: c` (tonic's own message is only "transport
+/// error").
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// How long a stop lets requests in flight finish before their
+/// connections are closed (a sender trickling a large body would otherwise
+/// hold the stop forever).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs a server until it ends, or until [`DRAIN`] after `shutdown`.
+async fn drained(
+    what: &'static str,
+    serving: impl std::future::Future<Output = Result<(), ServerError>>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::select! {
+        result = serving => result,
+        () = deadline => {
+            tracing::warn!(what, drain = ?DRAIN, "requests still in flight after the stop: their connections are closed");
+            Ok(())
+        }
+    }
+}
 
 async fn serve_http(
     what: &'static str,
@@ -335,16 +385,16 @@ async fn serve_http(
         message: e.to_string(),
     };
     let Some(tls) = tls else {
-        return axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(failed);
+        let serving = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        return drained(what, async { serving.await.map_err(failed) }, shutdown).await;
     };
     let handle = axum_server::Handle::new();
     let stopping = handle.clone();
     tokio::spawn(async move {
         shutdown.cancelled().await;
-        stopping.graceful_shutdown(Some(TLS_DRAIN));
+        stopping.graceful_shutdown(Some(DRAIN));
     });
     let listener = listener.into_std().map_err(failed)?;
     axum_server::from_tcp_rustls(

@@ -41,7 +41,10 @@ fn asset(name: &str) -> Response {
             Err(e) => {
                 return (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("HOMEOSTAT_DASHBOARD_DIR: cannot read {name}: {e}"),
+                    format!(
+                        "HOMEOSTAT_DASHBOARD_DIR: cannot read {}: {e}",
+                        std::path::Path::new(&dir).join(name).display()
+                    ),
                 )
                     .into_response();
             }
@@ -51,15 +54,21 @@ fn asset(name: &str) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// On every response of the API listener (pages, the sign-in form, errors):
+/// the page's policy, and no content-type guessing.
+pub async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 

@@ -38,6 +38,8 @@ pub struct ApiState {
     pub token: Option<crate::auth::Token>,
     /// What `/api/v1/status` tells about this instance.
     pub info: Arc<Info>,
+    /// `[web] allowed_hosts`: names answered to without a token.
+    pub allowed_hosts: Arc<Vec<String>>,
     /// Cancelled when the instance stops: long-lived responses (the event
     /// stream) end then, so that a graceful stop does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -84,6 +86,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             access::require_token,
         ))
+        .layer(axum::middleware::map_response(dashboard::security_headers))
         .with_state(state)
 }
 
@@ -152,6 +155,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         {
+            let _scrape = state.metrics.scrape();
             if let Some(exporter) = &state.exporter {
                 state.metrics.observe_export(exporter.stats());
             }

@@ -25,8 +25,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
+
+/// How long a TLS client has to finish its handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 use tonic::{Request, Response, Status};
 
 use super::{ExportRequest, IngestError, Ingester};
@@ -35,8 +39,38 @@ use crate::internal_events::Transport;
 #[derive(Clone)]
 struct Receiver {
     ingester: Ingester,
-    /// The bearer token senders must present, when one is configured.
+}
+
+/// Checks the bearer token from the request's metadata, before its message
+/// is decompressed or decoded.
+#[derive(Clone)]
+struct Guard {
     token: Option<crate::auth::Token>,
+    ingester: Ingester,
+    signal: crate::ingest::Signal,
+}
+
+impl tonic::service::Interceptor for Guard {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.token else {
+            return Ok(request);
+        };
+        let presented = request.metadata().get("authorization");
+        if presented.is_some_and(|v| token.matches_header(v.as_bytes())) {
+            return Ok(request);
+        }
+        crate::internal_events::IngestRefused {
+            signal: self.signal,
+            transport: Transport::Grpc,
+            reason: "unauthenticated",
+        }
+        .emit(self.ingester.metrics());
+        Err(Status::unauthenticated(if presented.is_some() {
+            "the bearer token is not this receiver's token"
+        } else {
+            "a token is required: send authorization: Bearer <token> (OTEL_EXPORTER_OTLP_HEADERS)"
+        }))
+    }
 }
 
 impl Receiver {
@@ -44,22 +78,6 @@ impl Receiver {
         &self,
         request: Request<R>,
     ) -> Result<Response<R::Response>, Status> {
-        if let Some(token) = &self.token {
-            let presented = request.metadata().get("authorization");
-            if !presented.is_some_and(|v| token.matches_header(v.as_bytes())) {
-                crate::internal_events::IngestRefused {
-                    signal: R::SIGNAL,
-                    transport: Transport::Grpc,
-                    reason: "unauthenticated",
-                }
-                .emit(self.ingester.metrics());
-                return Err(Status::unauthenticated(if presented.is_some() {
-                    "the bearer token is not this receiver's token"
-                } else {
-                    "a token is required: send authorization: Bearer <token> (OTEL_EXPORTER_OTLP_HEADERS)"
-                }));
-            }
-        }
         self.ingester
             .check_capacity(R::SIGNAL, Transport::Grpc)
             .and_then(|()| self.ingester.export(request.get_ref(), Transport::Grpc))
@@ -123,10 +141,17 @@ pub async fn serve(
     access: Access,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let receiver = Receiver {
-        ingester,
-        token: access.token,
+    let guard = |signal| Guard {
+        token: access.token.clone(),
+        ingester: ingester.clone(),
+        signal,
     };
+    let (traces, metrics, logs) = (
+        guard(crate::ingest::Signal::Traces),
+        guard(crate::ingest::Signal::Metrics),
+        guard(crate::ingest::Signal::Logs),
+    );
+    let receiver = Receiver { ingester };
     let gzip = CompressionEncoding::Gzip;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut server = tonic::transport::Server::builder();
@@ -136,24 +161,27 @@ pub async fn serve(
     }
     server
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(
+        .add_service(InterceptedService::new(
             TraceServiceServer::new(receiver.clone())
                 .accept_compressed(gzip)
                 .send_compressed(gzip)
                 .max_decoding_message_size(max_message_size),
-        )
-        .add_service(
+            traces,
+        ))
+        .add_service(InterceptedService::new(
             MetricsServiceServer::new(receiver.clone())
                 .accept_compressed(gzip)
                 .send_compressed(gzip)
                 .max_decoding_message_size(max_message_size),
-        )
-        .add_service(
+            metrics,
+        ))
+        .add_service(InterceptedService::new(
             LogsServiceServer::new(receiver)
                 .accept_compressed(gzip)
                 .send_compressed(gzip)
                 .max_decoding_message_size(max_message_size),
-        )
+            logs,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }

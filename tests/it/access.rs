@@ -48,6 +48,21 @@ pub async fn sdk_spans(
     }
 }
 
+/// The SDK's export was refused for want of the token, not for anything
+/// else (a connection or TLS failure): its log names the status.
+fn assert_unauthenticated(protocol: &str, sent: Result<u64, String>) {
+    let why = sent.expect_err("refused");
+    let status = if protocol == "grpc" {
+        "UNAUTHENTICATED"
+    } else {
+        "401"
+    };
+    assert!(
+        why.contains(status),
+        "{protocol}: not refused with {status}: {why}"
+    );
+}
+
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -264,13 +279,10 @@ async fn the_receivers_refuse_senders_without_their_token() {
     for (protocol, endpoint) in [("grpc", &grpc), ("http", &http)] {
         let service = format!("guarded-{protocol}");
         let refused = sdk_spans(protocol, endpoint, &service, 0, None, None).await;
-        assert!(refused.is_err(), "{protocol} without a token: {refused:?}");
+        assert_unauthenticated(protocol, refused);
         // The API's token is not the receivers'.
         let refused = sdk_spans(protocol, endpoint, &service, 0, Some(API_TOKEN), None).await;
-        assert!(
-            refused.is_err(),
-            "{protocol} with the API token: {refused:?}"
-        );
+        assert_unauthenticated(protocol, refused);
         let sent = sdk_spans(protocol, endpoint, &service, 0, Some(OTLP_TOKEN), None)
             .await
             .unwrap_or_else(|e| panic!("{protocol} with the token: {e}"));
@@ -345,7 +357,7 @@ async fn an_api_reachable_from_elsewhere_needs_a_token() {
     };
     let mut config = local_config();
     everywhere(&mut config);
-    let err = server::start(config.clone())
+    let err = server::start_with_env(config.clone(), |_| None)
         .await
         .err()
         .expect("no token, no start")
@@ -508,8 +520,21 @@ async fn tls_on_the_api_and_both_receivers() {
         .send()
         .await
         .unwrap();
-    let set = r.headers()[header::SET_COOKIE].to_str().unwrap();
+    let set = r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
     assert!(set.contains("; Secure"), "{set}");
+    // A browser's write over HTTP/2 (no Host header, the authority in the
+    // URI) from the dashboard's own origin goes through.
+    let cookie = set.split(';').next().unwrap();
+    let r = trusting
+        .post(format!("{api}/api/v1/query"))
+        .header(header::COOKIE, cookie)
+        .header(header::ORIGIN, &api)
+        .json(&serde_json::json!({ "sql": "SELECT 1 AS one" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), StatusCode::OK);
 
     // The SDK over TLS, on both receivers, trusting the certificate.
     let grpc = format!("https://{}", h.running.otlp_grpc);
@@ -527,7 +552,7 @@ async fn tls_on_the_api_and_both_receivers() {
         .await
         .unwrap_or_else(|e| panic!("{protocol} over TLS: {e}"));
         let refused = sdk_spans(protocol, endpoint, "over-tls", 0, None, Some(&ca)).await;
-        assert!(refused.is_err(), "{protocol} over TLS without the token");
+        assert_unauthenticated(protocol, refused);
     }
 
     // The CLI queries an HTTPS API with the token from the environment.
@@ -546,4 +571,54 @@ async fn tls_on_the_api_and_both_receivers() {
     );
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["rows"][0][0], sent, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_token_foreign_host_names_and_origins_are_refused() {
+    let h = crate::common::start().await;
+    let client = no_redirects();
+    let ok = client
+        .get(h.api_url("/api/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    // A name someone else's DNS pointed at this address (DNS rebinding).
+    for path in ["/api/v1/decisions", "/", "/metrics"] {
+        let r = client
+            .get(h.api_url(path))
+            .header(header::HOST, "attacker.example:8480")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "GET {path}");
+    }
+    let r = client
+        .get(h.api_url("/readyz"))
+        .header(header::HOST, "attacker.example:8480")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "health checks answer any name");
+    // A write from another site's page, even with no token to steal.
+    let r = client
+        .post(h.api_url("/api/v1/query"))
+        .header(header::ORIGIN, "http://attacker.example")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(r#"{"sql": "SELECT 1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("Origin"), "{body}");
+    // A name the operator allowed is answered.
+    let allowed = start_with(|c| c.web.allowed_hosts = vec!["homeostat.internal".into()]).await;
+    let r = client
+        .get(allowed.api_url("/api/v1/status"))
+        .header(header::HOST, "homeostat.internal:8480")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }

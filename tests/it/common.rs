@@ -58,7 +58,11 @@ pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Instance {
     homeostat::act::host::install_crypto_provider();
     let mut config = local_config();
     adjust(&mut config);
-    let running = server::start(config).await.expect("instance starts");
+    // The caller's HOMEOSTAT_API_TOKEN (the CLI's way to pass a token) must
+    // not change what the tests configure.
+    let running = server::start_with_env(config, |_| None)
+        .await
+        .expect("instance starts");
     Instance {
         running,
         client: reqwest::Client::new(),
