@@ -27,4 +27,4 @@ if ! command -v chromium >/dev/null 2>&1; then
   $sudo apt-get install -y -q chromium >/dev/null \
     || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
 fi
-echo "test environment ready: $venv, $(chromium --version)"
+echo "test environment ready: $venv, $(chromium --version 2>/dev/null)"
