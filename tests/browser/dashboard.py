@@ -259,7 +259,7 @@ def api_error(run: Run) -> None:
     """An API error is said in the view, not left as a blank or stale view."""
     page = run.page
     run.step = "api-error"
-    pattern = "**/api/v1/rules"
+    pattern = "**/api/v1/rules?*"
     page.route(pattern, lambda route: route.fulfill(status=500, content_type="application/json", body='{"error": "injected failure"}'))
     try:
         page.locator('[data-testid="nav-rules"]').click()

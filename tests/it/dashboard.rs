@@ -221,6 +221,23 @@ inline = "decide(\"note\", \"seen\"); 1"
     .await
     .unwrap_or_else(|_| panic!("{} decisions, not {SERVICES}", log.list(&all).len()));
 
+    // The rules view asks for a page of instances, and the counts of all.
+    let rules: Value = h
+        .client
+        .get(h.api_url("/api/v1/rules?instances=5"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rule = &rules["rules"][0];
+    assert_eq!(rule["instances"].as_array().unwrap().len(), 5);
+    assert_eq!(rule["instances_total"], SERVICES);
+    assert_eq!(rule["instance_counts"]["firing"], SERVICES);
+    assert_eq!(rule["instances"][0]["state"], "firing");
+
     let measured = browser(&h, "thousand", &["--expect", &SERVICES.to_string()]).await;
     assert_eq!(measured["rows"], SERVICES, "{measured}");
     // Reported, not asserted: wall-clock times depend on the machine.

@@ -1447,7 +1447,9 @@
     const sorted = all.map((x) => x.inst);
     const limit = Math.min(instancesShown.get(part.name) || INSTANCES_FEW, INSTANCES_MAX);
     const shown = sorted.slice(0, limit);
-    part.box.dataset.count = String(all.length);
+    // The server sends at most INSTANCES_MAX, and says how many there are.
+    const total = Number.isSafeInteger(rule.instances_total) ? rule.instances_total : all.length;
+    part.box.dataset.count = String(total);
     part.table.hidden = shown.length === 0;
     part.none.hidden = shown.length > 0;
 
@@ -1476,7 +1478,7 @@
     }
     // "12s ago" moves on even when nothing else does.
     for (const td of part.tbody.querySelectorAll('td.ago')) updateAgo(td);
-    updateInstancesMore(part, all.length, shown.length, limit);
+    updateInstancesMore(part, total, shown.length, limit);
   }
 
   /** The line under the table: how many are not shown, and buttons to show more or fewer. */
@@ -1578,10 +1580,17 @@
     keepOpen(el, () => el.replaceChildren(...[build()].flat().filter(Boolean)));
   }
 
-  function updateRuleCard(card, rule) {
-    card.rule = rule;
+  /** state → instances, from the server's counts (all instances, not only those sent). */
+  function instanceCounts(rule) {
+    if (isObj(rule.instance_counts)) return rule.instance_counts;
     const counts = {};
     for (const i of arr(rule.instances)) counts[obj(i).state] = (counts[obj(i).state] || 0) + 1;
+    return counts;
+  }
+
+  function updateRuleCard(card, rule) {
+    card.rule = rule;
+    const counts = instanceCounts(rule);
     card.el.dataset.health = str(rule.health);
     card.el.classList.toggle('rule-error', rule.health === 'error');
     const settings = ['name', 'health', 'description', 'every', 'window', 'lateness', 'for', 'keep_firing_for', 'action', 'file', 'labels'].map((k) => rule[k]);
@@ -1623,7 +1632,7 @@
     let failing = 0;
     for (const r of rules) {
       if (r.health === 'error') failing++;
-      for (const i of arr(r.instances)) if (obj(i).state === 'firing') firing++;
+      firing += Number(instanceCounts(r).firing) || 0;
     }
     byId('rules-summary').textContent = `${plural(rules.length, 'rule')} · ${firing} firing · ${plural(failing, 'failing evaluation')}${errors.length ? ` · ${plural(errors.length, 'load error')}` : ''}`;
     const empty = byId('rules-empty');
@@ -1643,7 +1652,7 @@
 
   const refreshRules = coalesced(async () => {
     try {
-      applyRules(await api('/api/v1/rules'));
+      applyRules(await api(`/api/v1/rules?instances=${INSTANCES_MAX}`));
     } catch (e) {
       showViewError('rules', lastRules ? 'Could not refresh the rules (showing the last ones loaded)' : 'Could not load the rules', e);
       throw e;
