@@ -19,53 +19,20 @@ use homeostat::decisions::{DECISIONS_KEPT, Filter};
 use homeostat::server;
 use serde_json::Value;
 
+#[path = "../tests/browser/services.rs"]
+mod services;
+
 const TOKEN: &str = "dashboard-bench-token-0123";
-
-const RULE: &str = r#"
-description = "One instance per service, each noted in dry-run"
-every = "500ms"
-window = "5m"
-sql = """
-SELECT service_name, count(*) AS spans,
-       sum(CASE WHEN status_code = 'ERROR' THEN 1 ELSE 0 END) AS errors
-FROM spans
-WHERE service_name LIKE 'svc-%'
-GROUP BY service_name
-"""
-
-[action]
-dry_run = true
-max_concurrent = 8
-inline = "decide(\"note\", \"seen\"); 1"
-"#;
-
-/// One span for each of `n` services, half of them failed, as OTLP/JSON.
-fn spans(n: usize) -> String {
-    let now = homeostat::ingest::now_nanos();
-    let resource_spans: Vec<Value> = (0..n)
-        .map(|i| {
-            serde_json::json!({
-                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": format!("svc-{i:04}")}}]},
-                "scopeSpans": [{"spans": [{
-                    "traceId": format!("{:032x}", i + 1),
-                    "spanId": format!("{:016x}", i + 1),
-                    "name": "GET /",
-                    "kind": 2,
-                    "startTimeUnixNano": now.to_string(),
-                    "endTimeUnixNano": (now + 1_000_000).to_string(),
-                    "status": {"code": if i % 2 == 0 { 2 } else { 1 }}
-                }]}]
-            })
-        })
-        .collect();
-    serde_json::json!({ "resourceSpans": resource_spans }).to_string()
-}
 
 /// Starts an instance with `n` decisions and measures the page on it.
 async fn measure(n: usize) -> Value {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let rules = tempfile::tempdir().expect("temporary folder");
-    std::fs::write(rules.path().join("every_service.toml"), RULE).expect("rule written");
+    std::fs::write(
+        rules.path().join("every_service.toml"),
+        services::EVERY_SERVICE_RULE,
+    )
+    .expect("rule written");
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let mut config = Config {
         otlp_grpc: any,
@@ -80,7 +47,10 @@ async fn measure(n: usize) -> Value {
     let response = reqwest::Client::new()
         .post(format!("http://{}/v1/traces", running.otlp_http))
         .header("content-type", "application/json")
-        .body(spans(n))
+        .body(services::spans_for_services(
+            n,
+            homeostat::ingest::now_nanos(),
+        ))
         .send()
         .await
         .expect("OTLP/HTTP reachable");

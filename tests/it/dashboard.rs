@@ -12,6 +12,9 @@ use crate::access::sdk_spans;
 use crate::actions::{decision, webhook, write};
 use crate::common::{Instance, python, start_with};
 
+#[path = "../browser/services.rs"]
+mod services;
+
 const TOKEN: &str = "dashboard-token-0123456789";
 
 /// Runs `dashboard.py` for `phase` and returns what it printed.
@@ -155,23 +158,7 @@ async fn a_thousand_decisions_render_and_filter_without_stalling() {
     write(
         dir.path(),
         "every_service.toml",
-        r#"
-description = "One instance per service, each noted in dry-run"
-every = "1s"
-window = "5m"
-sql = """
-SELECT service_name, count(*) AS spans,
-       sum(CASE WHEN status_code = 'ERROR' THEN 1 ELSE 0 END) AS errors
-FROM spans
-WHERE service_name LIKE 'svc-%'
-GROUP BY service_name
-"""
-
-[action]
-dry_run = true
-max_concurrent = 8
-inline = "decide(\"note\", \"seen\"); 1"
-"#,
+        services::EVERY_SERVICE_RULE,
     );
     let rules = dir.path().to_owned();
     let h = start_with(|c| {
@@ -180,31 +167,9 @@ inline = "decide(\"note\", \"seen\"); 1"
     })
     .await;
     // A thousand services in one request, half of them failing.
-    let now = homeostat::ingest::now_nanos();
-    let resource_spans: Vec<Value> = (0..SERVICES)
-        .map(|i| {
-            serde_json::json!({
-                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": format!("svc-{i:04}")}}]},
-                "scopeSpans": [{"spans": [{
-                    "traceId": format!("{:032x}", i + 1),
-                    "spanId": format!("{:016x}", i + 1),
-                    "name": "GET /",
-                    "kind": 2,
-                    "startTimeUnixNano": now.to_string(),
-                    "endTimeUnixNano": (now + 1_000_000).to_string(),
-                    "status": {"code": if i % 2 == 0 { 2 } else { 1 }}
-                }]}]
-            })
-        })
-        .collect();
-    let body = serde_json::json!({ "resourceSpans": resource_spans });
+    let body = services::spans_for_services(SERVICES, homeostat::ingest::now_nanos());
     let r = h
-        .post(
-            "/v1/traces",
-            "application/json",
-            false,
-            body.to_string().into_bytes(),
-        )
+        .post("/v1/traces", "application/json", false, body.into_bytes())
         .await;
     assert_eq!(r.status(), 200);
     let log = h.running.actor.log();
