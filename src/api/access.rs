@@ -1,11 +1,16 @@
-//! Access to the API and the dashboard when a token is configured.
+//! Access to the API and the dashboard.
 //!
-//! Programs send `Authorization: Bearer <token>`. People sign in once on
-//! `/login`, which sets a session cookie standing for the token (HttpOnly,
-//! SameSite=Strict). Without either, API requests get 401 with a JSON error
-//! and pages get 401 with the sign-in form. Health checks and the sign-in
-//! page itself stay open. Writes authorized by the cookie must come from the
-//! dashboard's own origin.
+//! With a token configured, programs send `Authorization: Bearer <token>`;
+//! people sign in once on `/login`, which sets an expiring session cookie
+//! standing for the token (HttpOnly, SameSite=Strict). Without either, API
+//! requests get 401 with a JSON error and pages get 401 with the sign-in
+//! form. Health checks and the sign-in page itself stay open.
+//!
+//! Whatever the token, a write whose `Origin` names another host is refused:
+//! another site's page cannot act through a browser. Without a token, only
+//! requests to an IP address, `localhost` or `[web] allowed_hosts` are
+//! answered, so that a name pointed at this address by someone else's DNS
+//! (rebinding) cannot reach it either.
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -18,10 +23,10 @@ use super::{ApiState, json_error};
 /// The session cookie's name.
 pub const COOKIE: &str = "homeostat_session";
 
-/// Paths served without a token: health checks for orchestrators, the
-/// sign-in page and the style it uses.
+/// Paths served without the token (health checks are open before any
+/// check): the sign-in page and the style it uses.
 fn open(path: &str) -> bool {
-    matches!(path, "/livez" | "/readyz" | "/login" | "/assets/app.css")
+    matches!(path, "/login" | "/assets/app.css")
 }
 
 /// The values of cookie `name` sent (a page on another port of the same
