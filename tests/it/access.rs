@@ -152,15 +152,7 @@ async fn without_the_token_the_api_and_dashboard_answer_401() {
     );
 
     // With the token, everything answers.
-    let status: Value = client
-        .get(h.api_url("/api/v1/status"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = h.get_json_as(API_TOKEN, "/api/v1/status").await;
     assert_eq!(status["auth"], true);
     assert_eq!(status["tls"], false);
     let r = client

@@ -111,12 +111,20 @@ impl Instance {
 
     /// GETs an API path and parses the JSON answer.
     pub async fn get_json(&self, path: &str) -> Value {
-        let response = self
-            .client
-            .get(self.api_url(path))
-            .send()
-            .await
-            .expect("API reachable");
+        self.get_json_with(path, None).await
+    }
+
+    /// [`Instance::get_json`] on an instance that asks for a bearer token.
+    pub async fn get_json_as(&self, token: &str, path: &str) -> Value {
+        self.get_json_with(path, Some(token)).await
+    }
+
+    async fn get_json_with(&self, path: &str, token: Option<&str>) -> Value {
+        let mut request = self.client.get(self.api_url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("API reachable");
         assert!(
             response.status().is_success(),
             "GET {path}: {}",

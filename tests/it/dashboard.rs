@@ -187,16 +187,7 @@ async fn a_thousand_decisions_render_and_filter_without_stalling() {
     .unwrap_or_else(|_| panic!("{} decisions, not {SERVICES}", log.list(&all).len()));
 
     // The rules view asks for a page of instances, and the counts of all.
-    let rules: Value = h
-        .client
-        .get(h.api_url("/api/v1/rules?instances=5"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules = h.get_json_as(TOKEN, "/api/v1/rules?instances=5").await;
     let rule = &rules["rules"][0];
     assert_eq!(rule["instances"].as_array().unwrap().len(), 5);
     assert_eq!(rule["instances_total"], SERVICES);
