@@ -81,6 +81,9 @@ pub struct Config {
     /// Telemetry kept as Parquet on the `data` storage after it leaves
     /// memory.
     pub archive: crate::memory::archive::ArchiveConfig,
+    /// Replicas sharing the `data` storage: leases on episodes, heartbeats,
+    /// and how often each reads the others' decisions.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[ingest]`: the OTLP receivers.
@@ -206,6 +209,7 @@ impl Default for Config {
             actions: Default::default(),
             export: Default::default(),
             archive: Default::default(),
+            cluster: Default::default(),
         }
     }
 }
@@ -291,6 +295,9 @@ impl Config {
             );
         }
         self.archive.validate()?;
+        if let Err(message) = self.cluster.validate() {
+            return invalid("cluster", &message);
+        }
         if !self.web.trace_url.is_empty() && !self.web.trace_url.contains("{trace_id}") {
             return invalid(
                 "web.trace_url",

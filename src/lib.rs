@@ -13,6 +13,8 @@
 //! - [`api`]: the HTTP API: queries, health, metrics.
 //! - [`memory`]: the episodic memory on object storage (decision log,
 //!   facts, telemetry archive), append-only and hash-chained.
+//! - [`cluster`]: replicas sharing one storage: heartbeats, claims on
+//!   episodes, takeover, and the shared view of every writer's decisions.
 //! - [`server`]: starts and stops an instance: listeners, tasks, shutdown.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`internal_events`]: the engine's own typed events and metrics.
@@ -20,6 +22,7 @@
 pub mod act;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod decisions;
 pub mod ingest;

@@ -28,7 +28,8 @@ enum Command {
     Query(QueryArgs),
     /// Validate rule files: parse, plan the SQL, compile the scripts.
     /// Prints `file:line: message` per problem; exits 1 if there is any.
-    Check(DirArgs),
+    /// With `--config`, checks that configuration file too.
+    Check(CheckArgs),
     /// Run rule unit tests (`*.test.toml`) on virtual time.
     Test(DirArgs),
     /// Check the memory's hash chains, or print its decisions, with no
@@ -98,6 +99,17 @@ struct DirArgs {
 }
 
 #[derive(Debug, Args)]
+struct CheckArgs {
+    /// The rules folder.
+    #[arg(default_value = "rules")]
+    dir: PathBuf,
+    /// A configuration file to check as `homeostat run --config` would
+    /// read it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct RunArgs {
     /// TOML configuration file; flags override its settings.
     #[arg(long, env = "HOMEOSTAT_CONFIG")]
@@ -117,8 +129,9 @@ struct RunArgs {
     /// Local folder or object-store URL for decisions and archives [default: ./data].
     #[arg(long, value_name = "URL-or-DIR")]
     data: Option<String>,
-    /// This instance's name in the memory [default: the host name].
-    #[arg(long, env = "HOMEOSTAT_NODE")]
+    /// This replica's name in the memory and the cluster, distinct per
+    /// replica [default: the host name].
+    #[arg(long, visible_alias = "node-id", env = "HOMEOSTAT_NODE")]
     node: Option<String>,
     /// Serve the API on a non-loopback address without a token, because
     /// something in front of it (a proxy, a network policy) controls access.
@@ -277,7 +290,16 @@ async fn shutdown_signal() {
     }
 }
 
-async fn check(args: DirArgs) -> ExitCode {
+async fn check(args: CheckArgs) -> ExitCode {
+    if let Some(path) = &args.config {
+        match Config::load(path).and_then(|c| c.validate().map(|()| c)) {
+            Ok(_) => println!("{}: configuration OK", path.display()),
+            Err(e) => {
+                println!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let (ok, errors) = homeostat::rules::check(&args.dir).await;
     for e in &errors {
         println!("{e}");

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::act::actor::{Actor, Clock, TraceSink};
 use crate::api::{self, ApiState};
+use crate::cluster::Cluster;
+use crate::cluster::follow::{Follower, Views};
 use crate::config::{Config, ConfigError};
 use crate::decisions::DecisionLog;
 use crate::decisions::export::Exporter;
@@ -157,6 +159,15 @@ pub async fn start_with_env(
     let node = config.node_name();
     let storage = Storage::open(&config.data).map_err(MemoryError::from)?;
     let (memory, loaded) = Memory::open(storage, &node, store.memory_index().clone()).await?;
+    let cluster = Arc::new(Cluster::new(
+        memory.storage.clone(),
+        &node,
+        api.to_string(),
+        config.cluster.clone(),
+    ));
+    // Alive before it claims anything: a claim of a node without a
+    // heartbeat is taken for a dead node's.
+    cluster.beat().await.map_err(MemoryError::from)?;
     let rules = Arc::new(RuleEngine::with_action_limits(
         config.rules.clone(),
         &store,
@@ -196,8 +207,28 @@ pub async fn start_with_env(
             Clock::Wall,
         )
         .map_err(|source| ServerError::Actions { source })?
-        .with_journal(memory.journal.clone()),
+        .with_journal(memory.journal.clone())
+        .with_cluster(cluster.clone()),
     );
+    // The other replicas' decisions, as they stood when this one started.
+    let mut others: Vec<crate::decisions::Decision> = loaded
+        .chains
+        .keys()
+        .filter(|n| **n != node)
+        .flat_map(|n| {
+            loaded.decisions(n).into_iter().map(move |s| {
+                let mut d = s.decision;
+                if d.node.is_empty() {
+                    d.node.clone_from(n);
+                }
+                d
+            })
+        })
+        .collect();
+    others.sort_by_key(|d| d.at);
+    for d in &others {
+        actor.log().upsert(d);
+    }
     // Before any transition flows: what the memory holds comes back first.
     let (restored, _reruns) = actor.restore(&loaded, &node, &rules, now_nanos()).await;
     tracing::info!(
@@ -213,7 +244,23 @@ pub async fn start_with_env(
         rerun = restored.rerun,
         "memory loaded"
     );
+    let follower = Follower::new(memory.storage.clone(), &node, &loaded);
     drop(loaded);
+    let views = Views {
+        index: store.memory_index().clone(),
+        log: actor.log().clone(),
+        facts: actor.facts().clone(),
+    };
+    let (interval, token) = (config.cluster.sync_interval, shutdown.clone());
+    tasks.spawn(async move {
+        follower.run(views, interval, token).await;
+        Ok(())
+    });
+    let (beating, token) = (cluster.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        beating.run_heartbeats(token).await;
+        Ok(())
+    });
     let acting = actor.clone().run(rules.clone(), shutdown.clone());
     tasks.spawn(async move {
         acting.await;
@@ -245,6 +292,7 @@ pub async fn start_with_env(
         metrics: metrics.clone(),
         rules: rules.clone(),
         actor: actor.clone(),
+        cluster: cluster.clone(),
         exporter: exporter.clone(),
         ready: ready.clone(),
         token: tokens.api,

@@ -30,6 +30,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub rules: Arc<RuleEngine>,
     pub actor: Arc<crate::act::actor::Actor>,
+    /// The replicas sharing this one's storage.
+    pub cluster: Arc<crate::cluster::Cluster>,
     /// The OTLP exporter of rationale spans, when one is configured.
     pub exporter: Option<crate::decisions::export::Exporter>,
     /// Set once every receiver listens.
@@ -77,6 +79,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(events::stream))
         .route("/", get(dashboard::index))
         .route("/assets/{name}", get(dashboard::assets))
@@ -134,6 +137,19 @@ async fn query(State(state): State<ApiState>, body: axum::body::Bytes) -> Respon
             json_error(status, message)
         }
     }
+}
+
+/// `GET /api/v1/cluster`: the nodes that share this one's storage, from
+/// their heartbeats, and the settings that decide when one counts as gone.
+async fn cluster(State(state): State<ApiState>) -> Response {
+    let config = state.cluster.config();
+    axum::Json(serde_json::json!({
+        "node": state.cluster.node(),
+        "lease_seconds": config.lease.as_secs_f64(),
+        "heartbeat_seconds": config.heartbeat.as_secs_f64(),
+        "nodes": state.cluster.peers(),
+    }))
+    .into_response()
 }
 
 async fn status(State(state): State<ApiState>) -> Response {

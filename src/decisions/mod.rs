@@ -121,6 +121,8 @@ pub enum Verdict {
     Denied,
     /// Nobody answered the approval request in time.
     Expired,
+    /// Another replica claimed the episode first and acts on it.
+    ClaimedByOther,
 }
 
 impl Verdict {
@@ -132,6 +134,7 @@ impl Verdict {
             Verdict::Approved => "approved",
             Verdict::Denied => "denied",
             Verdict::Expired => "expired",
+            Verdict::ClaimedByOther => "claimed_by_other",
         }
     }
 
@@ -300,6 +303,27 @@ pub struct Decision {
     pub escalates: Option<String>,
     /// Last change (UTC nanoseconds).
     pub updated_at: i64,
+    /// The replica that made it (its `--node`); empty outside a server.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// The cluster claim on the episode, when replicas share the storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimRecord>,
+}
+
+/// What the cluster's claim on an episode said, for this decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClaimRecord {
+    /// The cluster's number of the episode of (rule, fingerprint): the same
+    /// on every replica, unlike the local `episode`.
+    pub episode: u64,
+    /// The node holding the claim (this decision's own node when it won).
+    pub holder: String,
+    /// When the holder claimed it (UTC nanoseconds).
+    pub claimed_at: i64,
+    /// The node whose claim this decision took over, its lease expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_over_from: Option<String>,
 }
 
 /// Filters of `GET /api/v1/decisions`.
@@ -464,6 +488,8 @@ mod tests {
             verification: None,
             escalates: None,
             updated_at: 0,
+            node: String::new(),
+            claim: None,
         }
     }
 

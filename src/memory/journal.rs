@@ -507,9 +507,22 @@ pub async fn read_chain(
     node: &str,
 ) -> Result<(Vec<ChainEntry>, Vec<Problem>), StorageError> {
     let objects = storage.list(&log_prefix(storage, node)).await?;
+    let (entries, problems, _) = read_objects(storage, node, objects, Tail::default()).await?;
+    Ok((entries, problems))
+}
+
+/// Reads and checks `objects` of `node`'s chain, in order, the first of
+/// which must go on from `expected`: what [`read_chain`] does for a whole
+/// chain, and what a replica following another's chain does for the
+/// objects it has not read yet. Returns where the chain goes on.
+pub async fn read_objects(
+    storage: &Storage,
+    node: &str,
+    objects: Vec<object_store::ObjectMeta>,
+    mut expected: Tail,
+) -> Result<(Vec<ChainEntry>, Vec<Problem>, Tail), StorageError> {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
-    let mut expected = Tail::default();
     for meta in objects {
         let object = storage.relative(&meta.location);
         let problem = |line: usize, seq: Option<u64>, message: String| Problem {
@@ -624,7 +637,7 @@ pub async fn read_chain(
             });
         }
     }
-    Ok((entries, problems))
+    Ok((entries, problems, expected))
 }
 
 /// Where a chain read by [`read_chain`] goes on.

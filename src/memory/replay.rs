@@ -365,7 +365,8 @@ fn compare(recorded: &[Decision], replayed: &[Decision]) -> Vec<Difference> {
 fn verdict(d: &Decision) -> &'static str {
     use crate::decisions::Verdict::*;
     match d.policy.verdict {
-        Allowed | AwaitingApproval | Approved | Denied | Expired => "allowed",
+        // Another replica acted: the rule and policies did decide to.
+        Allowed | AwaitingApproval | Approved | Denied | Expired | ClaimedByOther => "allowed",
         Suppressed => "suppressed",
     }
 }

@@ -231,6 +231,51 @@ impl Storage {
         Ok(())
     }
 
+    /// Writes `bytes` at `path`, replacing what is there: only for the
+    /// cluster's heartbeats, which say "alive at" and are meant to be
+    /// overwritten. Everything else is [`Storage::create`].
+    pub async fn replace(&self, path: &Path, bytes: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(path, PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|source| StorageError::Store {
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    /// [`Storage::get`], with `None` for an object that is not there.
+    pub async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>, StorageError> {
+        match self.get(path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StorageError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The objects under `prefix` whose paths sort after `offset`, sorted.
+    pub async fn list_after(
+        &self,
+        prefix: &Path,
+        offset: &Path,
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut objects: Vec<ObjectMeta> = self
+            .store
+            .list_with_offset(Some(prefix), offset)
+            .try_collect()
+            .await
+            .map_err(|source| StorageError::Store {
+                path: prefix.to_string(),
+                source,
+            })?;
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(objects)
+    }
+
     pub async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
         let result = async { self.store.get(path).await?.bytes().await };
         result.await.map_err(|source| StorageError::Store {

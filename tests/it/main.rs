@@ -6,6 +6,7 @@ mod access;
 mod actions;
 mod backpressure;
 mod bad_input;
+mod cluster;
 mod common;
 mod config_files;
 mod dashboard;

@@ -20,6 +20,15 @@ impl Actor {
     /// Runs on a script thread from start to end: one hop off the caller's
     /// runtime, none back and forth per attempt.
     pub(super) fn execute(self: Arc<Self>, mut prepared: Prepared) {
+        if prepared.claim_first {
+            prepared.claim_first = false;
+            let Some(prepared_) = self.claim(prepared) else {
+                return;
+            };
+            prepared = prepared_;
+            let now = self.clock.now();
+            self.intend(&mut prepared, now);
+        }
         // The intent must be durable before anything runs: a crash after
         // this point leaves a record that says so (interrupted).
         if let Some(intent) = prepared.intent.take() {
@@ -189,7 +198,8 @@ impl Actor {
                 resolved_at: None,
                 escalation: None,
             });
-            self.record(d, Stage::Result);
+            let ack = self.record(d, Stage::Result);
+            self.settle_claim(d, ack);
             self.state.lock().verifying.insert(
                 d.id.clone(),
                 Verifying {
@@ -199,7 +209,8 @@ impl Actor {
             );
         } else {
             d.outcome = Outcome::None;
-            self.record(d, Stage::Result);
+            let ack = self.record(d, Stage::Result);
+            self.settle_claim(d, ack);
             self.sink.emit(closing_spans(d), now, &self.metrics);
         }
         self.ran();
@@ -207,14 +218,24 @@ impl Actor {
 
     /// A run ended and its result is queued for the log: [`Actor::idle`]
     /// may return once none is left.
-    fn ran(&self) {
+    pub(super) fn ran(&self) {
         let running = self.state.lock().running;
         self.running.send_replace(running);
     }
 
     /// The intent could not be recorded: the action does not run, and the
     /// decision says why.
-    fn not_recorded(&self, mut prepared: Prepared, error: &JournalError) {
+    fn not_recorded(&self, prepared: Prepared, error: &JournalError) {
+        self.not_started(
+            prepared,
+            "not_recorded",
+            format!("the action did not run: its intent could not be recorded: {error}"),
+        );
+    }
+
+    /// The action does not run after all: its slot is given back, the
+    /// episode may be acted on again, and the decision says why.
+    pub(super) fn not_started(&self, mut prepared: Prepared, kind: &'static str, message: String) {
         {
             let mut state = self.state.lock();
             state.running = state.running.saturating_sub(1);
@@ -228,12 +249,7 @@ impl Actor {
         if let Some(run) = d.run.as_mut() {
             run.status = RunStatus::Failed;
             run.ended_at = Some(now);
-            run.error = Some(RunError {
-                kind: "not_recorded",
-                message: format!(
-                    "the action did not run: its intent could not be recorded: {error}"
-                ),
-            });
+            run.error = Some(RunError { kind, message });
         }
         d.outcome = Outcome::None;
         d.updated_at = now;

@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod claim;
 mod evidence;
 mod execute;
 mod recover;
@@ -120,6 +121,9 @@ struct Prepared {
     escalation: bool,
     /// Answers when the intent to run is durable.
     intent: Option<Ack>,
+    /// The episode must be claimed in the cluster before the intent is
+    /// recorded and the script runs.
+    claim_first: bool,
 }
 
 /// A decision waiting for the instance to resolve.
@@ -137,6 +141,12 @@ struct State {
     /// Per (rule, fingerprint): the episode and time of the last run, for
     /// `repeat`.
     repeats: HashMap<(String, String), (u64, i64)>,
+    /// Per (rule, fingerprint): the local episode last claimed (won or
+    /// lost) and the cluster's number for it.
+    episodes: HashMap<(String, String), (u64, u64)>,
+    /// Episodes another replica holds, while this one sees them firing:
+    /// checked for a takeover once their lease expires.
+    watching: HashMap<(String, String), claim::Watch>,
 }
 
 /// Why an approval answer was not taken.
@@ -176,6 +186,10 @@ pub struct Actor {
     journal: Option<Journal>,
     /// Runs in progress, for [`Actor::idle`].
     running: tokio::sync::watch::Sender<usize>,
+    /// This replica's name (the journal's node).
+    node: String,
+    /// Replicas sharing the storage, when there is one.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Decisions waiting for their outcome at most; past it, a new action's
@@ -210,6 +224,8 @@ impl Actor {
             counter: AtomicU64::new(0),
             journal: None,
             running: tokio::sync::watch::channel(0).0,
+            node: String::new(),
+            cluster: None,
         })
     }
 
@@ -224,6 +240,7 @@ impl Actor {
     /// Records every decision, alert transition and fact in `journal`.
     pub fn with_journal(mut self, journal: Journal) -> Self {
         self.facts.set_journal(journal.clone());
+        journal.node().clone_into(&mut self.node);
         self.journal = Some(journal);
         self
     }
@@ -259,6 +276,13 @@ impl Actor {
             metrics,
             clock,
         )
+    }
+
+    /// Claims each episode in `cluster` before acting on it (see
+    /// [`crate::cluster`]).
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Runs every action in dry-run, whatever its rule says.
@@ -372,6 +396,7 @@ impl Actor {
         }
         if to == AlertState::Resolved {
             self.resolved(&rule.name, &e.fingerprint, e.episode, e.transition.at);
+            self.episode_ended(&rule.name, &e.fingerprint, e.episode);
         }
         let Some(action) = &rule.action else {
             return Vec::new();
@@ -479,13 +504,23 @@ impl Actor {
             verification: None,
             escalates: escalates.map(|d| d.id.clone()),
             updated_at: now,
+            node: self.node.clone(),
+            claim: None,
         };
-        DecisionMade {
-            rule: &rule.name,
-            verdict: decision.policy.verdict,
-            reason: &decision.policy.reason,
+        // A decision that must claim its episode first is counted once the
+        // claim says whether it runs here.
+        let claims = self.cluster.is_some()
+            && escalates.is_none()
+            && decision.policy.verdict == Verdict::Allowed
+            && matches!(trigger, Trigger::Firing | Trigger::Resolved);
+        if !claims {
+            DecisionMade {
+                rule: &rule.name,
+                verdict: decision.policy.verdict,
+                reason: &decision.policy.reason,
+            }
+            .emit(&self.metrics);
         }
-        .emit(&self.metrics);
         let alert = alert_value(&rule, &decision, escalates);
         let prepared = Prepared {
             rule,
@@ -493,6 +528,7 @@ impl Actor {
             alert,
             escalation: escalates.is_some(),
             intent: None,
+            claim_first: false,
         };
         let run = match prepared.decision.policy.verdict {
             Verdict::Allowed => self.start(prepared, now),
@@ -644,6 +680,28 @@ impl Actor {
             operations: 0,
         });
         prepared.decision.updated_at = now;
+        prepared.claim_first = self.cluster.is_some()
+            && prepared.decision.claim.is_none()
+            && !prepared.escalation
+            && matches!(
+                prepared.decision.trigger,
+                Trigger::Firing | Trigger::Resolved
+            );
+        if !prepared.claim_first {
+            self.intend(&mut prepared, now);
+        }
+        let actor = self.clone();
+        Some(
+            self.scripts
+                .handle()
+                .spawn_blocking(move || actor.execute(prepared)),
+        )
+    }
+
+    /// Records the intent to run (durable before the script starts) and
+    /// counts the run in the facts.
+    fn intend(&self, prepared: &mut Prepared, now: i64) {
+        prepared.decision.updated_at = now;
         prepared.intent = self.record(&prepared.decision, Stage::Intent);
         // The engine's own per-instance memory: a version per run, so that
         // scripts can count (`memory::count`) and SQL can list the runs.
@@ -657,11 +715,5 @@ impl Actor {
         ) {
             tracing::warn!(error = %e, "cannot record the run in the facts");
         }
-        let actor = self.clone();
-        Some(
-            self.scripts
-                .handle()
-                .spawn_blocking(move || actor.execute(prepared)),
-        )
     }
 }

@@ -114,13 +114,21 @@ impl Actor {
                         .and_then(|r| r.action.as_ref())
                         .is_some_and(|a| a.idempotent);
                     match rule {
-                        Some(rule) if idempotent => {
-                            restored.rerun += 1;
-                            runs.extend(self.rerun(rule, d, now));
-                        }
+                        Some(rule) if idempotent => match self.reclaim(&d).await {
+                            Ok(claim) => {
+                                restored.rerun += 1;
+                                let mut d = d;
+                                d.claim = claim;
+                                runs.extend(self.rerun(rule, d, now));
+                            }
+                            Err(why) => {
+                                restored.interrupted += 1;
+                                marked.extend(self.interrupted(d, now, Some(&why)));
+                            }
+                        },
                         _ => {
                             restored.interrupted += 1;
-                            marked.extend(self.interrupted(d, now));
+                            marked.extend(self.interrupted(d, now, None));
                         }
                     }
                 }
@@ -140,6 +148,7 @@ impl Actor {
                                 decision: d,
                                 alert,
                                 intent: None,
+                                claim_first: false,
                             },
                             expires_at,
                         ),
@@ -174,12 +183,20 @@ impl Actor {
     }
 
     /// A run the process did not see end: marked, never run again.
-    fn interrupted(&self, mut d: Decision, now: i64) -> Option<crate::memory::journal::Ack> {
+    fn interrupted(
+        &self,
+        mut d: Decision,
+        now: i64,
+        why: Option<&str>,
+    ) -> Option<crate::memory::journal::Ack> {
         if let Some(run) = d.run.as_mut() {
             run.status = RunStatus::Interrupted;
+            let reason = why.unwrap_or("the action is not declared idempotent");
             run.error = Some(RunError {
                 kind: "interrupted",
-                message: "the process stopped after recording the intent and before the result: whether the action took effect is unknown; not run again (the action is not declared idempotent)".into(),
+                message: format!(
+                    "the process stopped after recording the intent and before the result: whether the action took effect is unknown; not run again ({reason})"
+                ),
             });
         }
         d.outcome = Outcome::None;
@@ -217,6 +234,7 @@ impl Actor {
                 decision: d,
                 alert,
                 intent: None,
+                claim_first: false,
             },
             now,
         )

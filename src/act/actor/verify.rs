@@ -60,6 +60,7 @@ impl Actor {
     /// Time-driven work: expired approvals, missed outcome deadlines
     /// (escalating), and repeats. Returns the runs it started.
     pub fn tick(self: &Arc<Self>, rules: &RuleEngine, now: i64) -> Vec<JoinHandle<()>> {
+        self.check_claims(now);
         let mut started = Vec::new();
         let (expired, overdue) = {
             let mut state = self.state.lock();

@@ -171,7 +171,7 @@
   const TONES = {
     effective: 'good', ineffective: 'bad', pending: 'warn', none: 'muted',
     allowed: 'good', approved: 'good', suppressed: 'muted', awaiting_approval: 'warn',
-    denied: 'bad', expired: 'bad',
+    denied: 'bad', expired: 'bad', claimed_by_other: 'muted',
     running: 'info', succeeded: 'good', skipped: 'muted', failed: 'bad', interrupted: 'warn',
     ok: 'good', error: 'bad', timeout: 'bad', dry_run: 'info',
     inactive: 'muted', firing: 'bad', resolved: 'good', passed: 'good', unset: 'muted',
@@ -542,7 +542,7 @@
 
   /** The row's edge: the worst of its outcome, verdict and run. */
   function rowTone(outcome, verdict, runStatus) {
-    const tones = [toneOf(str(outcome)), verdict === 'suppressed' ? 'muted' : toneOf(str(verdict)), runStatus === 'none' ? 'muted' : toneOf(runStatus)];
+    const tones = [toneOf(str(outcome)), (verdict === 'suppressed' || verdict === 'claimed_by_other') ? 'muted' : toneOf(str(verdict)), runStatus === 'none' ? 'muted' : toneOf(runStatus)];
     for (const t of ['bad', 'warn', 'good']) if (tones.includes(t)) return t;
     return 'muted';
   }
@@ -1003,6 +1003,9 @@
           h('span', null, 'decision ', h('code', { class: 'sel' }, str(d.id))),
           h('span', null, 'at ', timeEl(d.at)),
           h('span', null, `episode ${str(d.episode)}`),
+          d.node ? h('span', null, 'node ', h('code', null, str(d.node))) : null,
+          isObj(d.claim) ? h('span', null, `cluster episode ${str(d.claim.episode)} held by `, h('code', null, str(d.claim.holder)),
+            d.claim.took_over_from ? ` (taken over from ${str(d.claim.took_over_from)})` : '') : null,
           h('span', null, 'fingerprint ', h('code', { class: 'sel' }, str(d.fingerprint))),
           d.escalates ? h('span', null, 'escalates ', h('a', { href: hrefDecision(d.escalates) }, h('code', null, str(d.escalates)))) : null),
         h('div', { class: 'chips' }, labelChips(d.labels))));
