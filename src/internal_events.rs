@@ -55,6 +55,11 @@ struct TableLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -88,6 +93,8 @@ pub struct Metrics {
     export_queue: Gauge,
     alert_instances: Family<AlertLabels, Gauge>,
     script_errors: Family<ErrorKindLabels, Counter>,
+    cluster_claims: Family<ResultLabels, Counter>,
+    cluster_nodes: Family<StateLabels, Gauge>,
     memory_entries: Counter,
     memory_objects: Counter,
     memory_failures: Counter,
@@ -160,6 +167,8 @@ impl Metrics {
             host_calls: Family::default(),
             outcomes: Family::default(),
             approvals_pending: Gauge::default(),
+            cluster_claims: Family::default(),
+            cluster_nodes: Family::default(),
             decision_spans_dropped: Counter::default(),
             exported_spans: Family::default(),
             export_retries: Counter::default(),
@@ -284,6 +293,16 @@ impl Metrics {
             "alert_instances",
             "Alert instances per rule and state (pending, firing)",
             m.alert_instances.clone(),
+        );
+        registry.register(
+            "cluster_claims",
+            "Claims on alert episodes in the shared storage, by result (won, lost, takeover, error)",
+            m.cluster_claims.clone(),
+        );
+        registry.register(
+            "cluster_nodes",
+            "Replicas sharing the storage, by state (alive, dead), from their heartbeats",
+            m.cluster_nodes.clone(),
         );
         registry.register(
             "script_errors",
@@ -637,6 +656,50 @@ impl OutcomeVerified<'_> {
 }
 
 /// The number of decisions waiting for approval changed.
+/// A claim on an alert episode got its answer.
+pub struct EpisodeClaimed<'a> {
+    pub rule: &'a str,
+    pub episode: u64,
+    /// `won`, `lost`, `takeover` or `error`.
+    pub result: &'static str,
+    pub holder: &'a str,
+}
+
+impl EpisodeClaimed<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::debug!(
+            rule = self.rule,
+            episode = self.episode,
+            result = self.result,
+            holder = self.holder,
+            "episode claim"
+        );
+        metrics
+            .cluster_claims
+            .get_or_create(&ResultLabels {
+                result: self.result,
+            })
+            .inc();
+    }
+}
+
+/// The replicas' heartbeats were read.
+pub struct ClusterNodes {
+    pub alive: usize,
+    pub dead: usize,
+}
+
+impl ClusterNodes {
+    pub fn emit(self, metrics: &Metrics) {
+        for (state, n) in [("alive", self.alive), ("dead", self.dead)] {
+            metrics
+                .cluster_nodes
+                .get_or_create(&StateLabels { state })
+                .set(n as i64);
+        }
+    }
+}
+
 pub struct ApprovalsPending(pub usize);
 
 impl ApprovalsPending {

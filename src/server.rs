@@ -256,9 +256,9 @@ pub async fn start_with_env(
         follower.run(views, interval, token).await;
         Ok(())
     });
-    let (beating, token) = (cluster.clone(), shutdown.clone());
+    let (beating, token, counts) = (cluster.clone(), shutdown.clone(), metrics.clone());
     tasks.spawn(async move {
-        beating.run_heartbeats(token).await;
+        beating.run_heartbeats(&counts, token).await;
         Ok(())
     });
     let acting = actor.clone().run(rules.clone(), shutdown.clone());

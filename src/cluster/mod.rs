@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::act::config::Trigger;
 use crate::ingest::now_nanos;
+use crate::internal_events::{ClusterNodes, Metrics};
 use crate::memory::{Storage, StorageError};
 
 /// `[cluster]`: how replicas sharing the `data` storage coordinate.
@@ -289,7 +290,7 @@ impl Cluster {
 
     /// Writes the heartbeat every `heartbeat`, and reads the others', until
     /// `shutdown`.
-    pub async fn run_heartbeats(&self, shutdown: CancellationToken) {
+    pub async fn run_heartbeats(&self, metrics: &Metrics, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -301,7 +302,16 @@ impl Cluster {
                 tracing::warn!(error = %e, "cannot write this node's heartbeat");
             }
             match self.read_heartbeats().await {
-                Ok(beats) => *self.peers.write() = beats,
+                Ok(beats) => {
+                    *self.peers.write() = beats;
+                    let peers = self.peers();
+                    let alive = peers.iter().filter(|p| p.alive).count();
+                    ClusterNodes {
+                        alive,
+                        dead: peers.len() - alive,
+                    }
+                    .emit(metrics);
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot read the cluster's heartbeats"),
             }
         }

@@ -86,9 +86,15 @@ async fn racing_replicas_one_wins_each_episode_and_a_resolved_one_opens_the_next
                 assert_eq!(holder, &winner, "the losers name the winner");
             }
         }
-        // Still firing: a late replica sees the same episode, held.
+        // Still firing: a replica that lost sees the same episode again,
+        // held. (The holder itself would claim again only for a new local
+        // episode, which means its own one ended.)
+        let loser = answers
+            .iter()
+            .position(|a| matches!(a, Claimed::Lost { .. }))
+            .unwrap();
         let late = lost(
-            nodes[1]
+            nodes[loser]
                 .claim(&request("late", episode, now))
                 .await
                 .unwrap(),

@@ -339,6 +339,24 @@ async fn once_per_episode(data: &str, env: &[(String, String)]) {
             assert_eq!(c["claim"]["holder"], holder);
         }
     }
+    // The claims as /metrics counts them: one won and two lost per episode.
+    let mut claims: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &replicas {
+        let text = reqwest::get(format!("http://{}/metrics", r.api))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("homeostat_cluster_claims_total{result=\"") {
+                let (result, value) = rest.split_once("\"} ").unwrap();
+                *claims.entry(result.to_owned()).or_default() += value.parse::<u64>().unwrap();
+            }
+        }
+    }
+    assert_eq!(claims.get("won"), Some(&20), "{claims:?}");
+    assert_eq!(claims.get("lost"), Some(&40), "{claims:?}");
     for r in &replicas {
         until(
             &format!("{} lists every replica's decisions", r.node),
@@ -356,6 +374,35 @@ async fn once_per_episode(data: &str, env: &[(String, String)]) {
                 }
             },
         )
+        .await;
+        // The facts the runs wrote, on whichever replica ran them.
+        until(&format!("{} queries every replica's facts", r.node), || async {
+            let answer: Value = reqwest::Client::new()
+                .post(format!("http://{}/api/v1/query", r.api))
+                .json(&serde_json::json!({
+                    "sql": "SELECT count(*) AS runs, count(DISTINCT node) AS nodes FROM facts WHERE key LIKE 'acted/%'"
+                }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let runs = answer["rows"][0][0].as_i64().unwrap_or(0);
+            let nodes: Vec<String> = per_episode
+                .values()
+                .flatten()
+                .filter(|d| d["run"]["status"] == "succeeded")
+                .map(|d| d["node"].as_str().unwrap().to_owned())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            if runs == 20 && answer["rows"][0][1].as_i64() == Some(nodes.len() as i64) {
+                Ok(())
+            } else {
+                Err(answer.to_string())
+            }
+        })
         .await;
         let cluster = get(format!("http://{}/api/v1/cluster", r.api)).await;
         let nodes = cluster["nodes"].as_array().unwrap();

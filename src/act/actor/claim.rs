@@ -11,7 +11,7 @@ use crate::act::policy::rfc3339;
 use crate::cluster::{Claim, ClaimRequest, Claimed, Standing};
 use crate::decisions::trace::{action_spans, closing_spans};
 use crate::decisions::{Check, ClaimRecord, Decision, Outcome, RunError, RunStatus, Verdict};
-use crate::internal_events::DecisionMade;
+use crate::internal_events::{DecisionMade, EpisodeClaimed};
 use crate::memory::journal::{Ack, Stage};
 use crate::rules::CompiledRule;
 
@@ -73,6 +73,26 @@ impl Actor {
         };
         let answer = self.scripts.handle().block_on(cluster.claim(&request));
         let now = self.clock.now();
+        let (result, episode, holder) = match &answer {
+            Ok(Claimed::Won { claim, took_over }) => (
+                if took_over.is_some() {
+                    "takeover"
+                } else {
+                    "won"
+                },
+                claim.episode,
+                claim.node.as_str(),
+            ),
+            Ok(Claimed::Lost { holder }) => ("lost", holder.episode, holder.node.as_str()),
+            Err(_) => ("error", 0, ""),
+        };
+        EpisodeClaimed {
+            rule: &d.rule,
+            episode,
+            result,
+            holder,
+        }
+        .emit(&self.metrics);
         match answer {
             Ok(Claimed::Won { claim, .. }) => {
                 if d.trigger == Trigger::Firing {
@@ -294,7 +314,16 @@ impl Actor {
             episode: None,
         };
         match cluster.take_over(&request, episode, holder.clone()).await {
-            Ok(Claimed::Won { claim, .. }) => self.take_over(watch, claim, &holder, id, trace_id),
+            Ok(Claimed::Won { claim, .. }) => {
+                EpisodeClaimed {
+                    rule: &claim.rule,
+                    episode: claim.episode,
+                    result: "takeover",
+                    holder: &claim.node,
+                }
+                .emit(&self.metrics);
+                self.take_over(watch, claim, &holder, id, trace_id);
+            }
             Ok(Claimed::Lost { holder }) => {
                 // Another replica took it over first: watch that one.
                 let mut state = self.state.lock();
