@@ -39,6 +39,55 @@ enum Command {
     /// Run rules over archived telemetry on virtual time, in dry-run, and
     /// compare what they decide with the decisions recorded then.
     Replay(ReplayArgs),
+    /// Capture a past period as a regression dataset: the archived
+    /// telemetry the rules read and the decisions recorded then, as a test
+    /// `homeostat test` runs. Versioned: a different capture is a new
+    /// version, an equal one writes nothing.
+    Capture(CaptureArgs),
+    /// Print the JSON Schema of rule files or of test files, generated from
+    /// the types `homeostat check` and `homeostat test` read them into.
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, Args)]
+struct CaptureArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Start of the period: RFC 3339, or a duration back from now ("2h").
+    #[arg(long, value_name = "T")]
+    from: String,
+    /// End of the period [default: now].
+    #[arg(long, value_name = "T")]
+    to: Option<String>,
+    /// A rule to capture (repeatable) [default: every rule].
+    #[arg(long = "rule", value_name = "NAME")]
+    rules: Vec<String>,
+    /// The rules folder, as deployed then.
+    #[arg(long, value_name = "DIR", default_value = "rules")]
+    rules_dir: PathBuf,
+    /// The dataset's folder: versions go to OUT/v1, OUT/v2, ...
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// An attribute removed from every attribute map (repeatable).
+    #[arg(long = "drop-attribute", value_name = "KEY")]
+    drop_attributes: Vec<String>,
+    /// An attribute whose values are replaced by their SHA-256 (repeatable).
+    #[arg(long = "hash-attribute", value_name = "KEY")]
+    hash_attributes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SchemaKind {
+    /// Rule files (`rules/*.toml`).
+    Rules,
+    /// Test files (`*.test.toml`), captured datasets included.
+    Tests,
+}
+
+#[derive(Debug, Args)]
+struct SchemaArgs {
+    #[arg(value_enum)]
+    kind: SchemaKind,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +251,18 @@ fn main() -> ExitCode {
                 audit_log(args).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Replay(args) => replay(args).await,
+            Command::Capture(args) => capture(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Schema(args) => {
+                let schema = match args.kind {
+                    SchemaKind::Rules => homeostat::rules::schema::rules(),
+                    SchemaKind::Tests => homeostat::rules::schema::tests(),
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&schema).unwrap_or_default()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
@@ -332,19 +393,36 @@ async fn test(args: DirArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut failed = 0;
+    let mut skipped = 0;
     for o in &outcomes {
         let ms = o.elapsed.as_secs_f64() * 1000.0;
-        if o.failures.is_empty() {
-            println!("ok    {}: {} ({ms:.0} ms)", o.file.display(), o.name);
+        let note = o
+            .note
+            .as_deref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default();
+        if o.skipped {
+            skipped += 1;
+            println!("skip  {}: {}{note}", o.file.display(), o.name);
+        } else if o.failures.is_empty() {
+            println!("ok    {}: {} ({ms:.0} ms){note}", o.file.display(), o.name);
         } else {
             failed += 1;
-            println!("FAIL  {}: {} ({ms:.0} ms)", o.file.display(), o.name);
+            println!("FAIL  {}: {} ({ms:.0} ms){note}", o.file.display(), o.name);
             for f in &o.failures {
                 println!("  {f}");
             }
         }
     }
-    println!("{} passed, {failed} failed", outcomes.len() - failed);
+    println!(
+        "{} passed, {failed} failed{}",
+        outcomes.len() - failed - skipped,
+        if skipped > 0 {
+            format!(", {skipped} superseded")
+        } else {
+            String::new()
+        }
+    );
     if failed == 0 && !outcomes.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -403,6 +481,48 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn capture(args: CaptureArgs) -> Result<()> {
+    let from = parse_time(&args.from)?;
+    let to = match &args.to {
+        Some(t) => parse_time(t)?,
+        None => homeostat::ingest::now_nanos(),
+    };
+    let captured = homeostat::rules::dataset::capture(&homeostat::rules::dataset::Capture {
+        storage: homeostat::memory::Storage::open(&args.data.data)?,
+        rules_dir: args.rules_dir,
+        rules: args.rules,
+        from,
+        to,
+        out: args.out,
+        drop_attributes: args.drop_attributes,
+        hash_attributes: args.hash_attributes,
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let info = &captured.info;
+    let rows: Vec<String> = info.rows.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    if captured.created {
+        println!(
+            "captured dataset {} v{} in {}: {}; {} decisions expected; {}",
+            info.name,
+            info.version,
+            captured.dir.display(),
+            rows.join(", "),
+            captured.decisions,
+            info.content_hash
+        );
+    } else {
+        println!(
+            "dataset {} unchanged: v{} in {} has this content ({})",
+            info.name,
+            info.version,
+            captured.dir.display(),
+            info.content_hash
+        );
+    }
+    Ok(())
 }
 
 /// A time: RFC 3339, or a duration back from now.

@@ -14,7 +14,7 @@ use super::host::Capabilities;
 use crate::rules::file::{RuleError, key_line, value_start_line};
 
 /// When an action runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// An instance starts firing (once per episode).
@@ -39,7 +39,9 @@ impl Trigger {
 }
 
 /// Whether a person must approve an action before it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Approval {
     #[default]
@@ -53,7 +55,7 @@ fn default_on() -> Vec<Trigger> {
 
 /// The `[action]` section of a rule, as written. Durations are humantime
 /// ("30s", "5m"); unset settings take the `[actions]` defaults.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionFile {
     /// A Rhai script file, relative to the rule file.
@@ -65,14 +67,17 @@ pub struct ActionFile {
     pub on: Vec<Trigger>,
     /// With "repeat": how often the action runs again while firing.
     #[serde(default, with = "crate::serde_duration::option")]
+    #[schemars(with = "Option<crate::rules::schema::HumanDuration>")]
     pub repeat_every: Option<Duration>,
     /// Wall-clock deadline of one run of the script.
     #[serde(default, with = "crate::serde_duration::option")]
+    #[schemars(with = "Option<crate::rules::schema::HumanDuration>")]
     pub timeout: Option<Duration>,
     /// Operations (Rhai's unit of work) one run may take.
     pub max_operations: Option<u64>,
     /// Timeout of each host call (HTTP request, program, Kubernetes call).
     #[serde(default, with = "crate::serde_duration::option")]
+    #[schemars(with = "Option<crate::rules::schema::HumanDuration>")]
     pub call_timeout: Option<Duration>,
     /// Runs again after a failure a retry can help (host call errors and
     /// timeouts), this many times, waiting `retry_backoff`, doubled each
@@ -80,10 +85,12 @@ pub struct ActionFile {
     #[serde(default)]
     pub retries: u32,
     #[serde(default, with = "crate::serde_duration::option")]
+    #[schemars(with = "Option<crate::rules::schema::HumanDuration>")]
     pub retry_backoff: Option<Duration>,
     /// After an action on an instance, further actions on the same
     /// instance (even in a new episode) are suppressed this long.
     #[serde(default, with = "crate::serde_duration::option")]
+    #[schemars(with = "Option<crate::rules::schema::HumanDuration>")]
     pub cooldown: Option<Duration>,
     /// Runs of this rule's action at the same time; more are suppressed.
     pub max_concurrent: Option<usize>,
@@ -102,10 +109,12 @@ pub struct ActionFile {
     pub approval: Approval,
     /// How long an approval request stays open before it expires.
     #[serde(default, with = "crate::serde_duration::option")]
+    #[schemars(with = "Option<crate::rules::schema::HumanDuration>")]
     pub approval_expiry: Option<Duration>,
     /// How long after the action the instance should resolve for the action
     /// to count as effective, unless the script says `expect(..., within)`.
     #[serde(default, with = "crate::serde_duration::option")]
+    #[schemars(with = "Option<crate::rules::schema::HumanDuration>")]
     pub verify_within: Option<Duration>,
     /// A script run when the action turns out ineffective (escalation).
     pub on_ineffective: Option<PathBuf>,

@@ -254,42 +254,11 @@ async fn read_archive(
     from: i64,
     to: i64,
 ) -> Result<BTreeMap<&'static str, usize>, String> {
-    let archive = Archive::new(storage.clone(), "replay", ArchiveConfig::default())
-        .map_err(|e| e.to_string())?;
-    let ctx = SessionContext::new();
-    archive
-        .register(&ctx)
-        .await
-        .map_err(|e| format!("cannot read the archive: {e}"))?;
+    let ctx = archive_context(storage).await?;
     let mut rows = BTreeMap::new();
     for signal in Signal::ALL {
         let schema = signal.schema();
-        let time = |t: i64| {
-            lit(ScalarValue::TimestampNanosecond(
-                Some(t),
-                Some("UTC".into()),
-            ))
-        };
-        let mut df = ctx
-            .table(signal.table())
-            .await
-            .map_err(|e| e.to_string())?
-            .filter(
-                col(signal.time_column())
-                    .gt_eq(time(from))
-                    .and(col(signal.time_column()).lt(time(to))),
-            )
-            .map_err(|e| e.to_string())?;
-        if signal == Signal::Traces {
-            df = df
-                // Spans without a service name stay (`<>` would drop them).
-                .filter(datafusion::logical_expr::binary_expr(
-                    col("service_name"),
-                    datafusion::logical_expr::Operator::IsDistinctFrom,
-                    lit("homeostat"),
-                ))
-                .map_err(|e| e.to_string())?;
-        }
+        let df = archived(&ctx, signal, from, to).await?;
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         let batches = df
             .select_columns(&names)
@@ -310,6 +279,56 @@ async fn read_archive(
         rows.insert(signal.table(), n);
     }
     Ok(rows)
+}
+
+/// A signal's archived rows in `[from, to)` (event time), without the
+/// engine's own rationale spans, from a context the archive is registered
+/// in.
+pub(crate) async fn archived(
+    ctx: &SessionContext,
+    signal: Signal,
+    from: i64,
+    to: i64,
+) -> Result<datafusion::dataframe::DataFrame, String> {
+    let time = |t: i64| {
+        lit(ScalarValue::TimestampNanosecond(
+            Some(t),
+            Some("UTC".into()),
+        ))
+    };
+    let mut df = ctx
+        .table(signal.table())
+        .await
+        .map_err(|e| e.to_string())?
+        .filter(
+            col(signal.time_column())
+                .gt_eq(time(from))
+                .and(col(signal.time_column()).lt(time(to))),
+        )
+        .map_err(|e| e.to_string())?;
+    if signal == Signal::Traces {
+        df = df
+            // Spans without a service name stay (`<>` would drop them).
+            .filter(datafusion::logical_expr::binary_expr(
+                col("service_name"),
+                datafusion::logical_expr::Operator::IsDistinctFrom,
+                lit("homeostat"),
+            ))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(df)
+}
+
+/// A context in which the archive in `storage` is registered as tables.
+pub(crate) async fn archive_context(storage: &Storage) -> Result<SessionContext, String> {
+    let archive = Archive::new(storage.clone(), "replay", ArchiveConfig::default())
+        .map_err(|e| e.to_string())?;
+    let ctx = SessionContext::new();
+    archive
+        .register(&ctx)
+        .await
+        .map_err(|e| format!("cannot read the archive: {e}"))?;
+    Ok(ctx)
 }
 
 /// Pairs recorded and replayed decisions per instance and trigger, in time

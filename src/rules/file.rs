@@ -21,7 +21,7 @@ fn default_window() -> Duration {
 }
 
 /// A rule file. Only `sql` (or `sql_file`) is required.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
     /// Unique name of the rule; defaults to the file's stem.
@@ -31,19 +31,24 @@ pub struct RuleFile {
     pub description: String,
     /// Evaluation interval.
     #[serde(default = "default_every", with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub every: Duration,
     /// The event-time range the query sees.
     #[serde(default = "default_window", with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub window: Duration,
     /// Allowed lateness: the window ends this long before now, so that data
     /// still in flight from SDK batches is counted.
     #[serde(default, with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub lateness: Duration,
     /// How long an instance must match before it fires; "0s" fires at once.
     #[serde(default, rename = "for", with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub for_: Duration,
     /// How long a firing instance keeps firing after it stops matching.
     #[serde(default, with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub keep_firing_for: Duration,
     /// Labels added to every instance (severity, team, ...).
     #[serde(default)]

@@ -11,10 +11,12 @@
 //! - [`testing`]: `homeostat test`, rule unit tests on virtual time.
 
 pub mod compile;
+pub mod dataset;
 pub mod engine;
 pub mod eval;
 pub mod file;
 pub mod functions;
+pub mod schema;
 pub mod state;
 pub mod testing;
 

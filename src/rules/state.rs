@@ -14,7 +14,18 @@ pub const RESOLVED_RETENTION: Duration = Duration::from_secs(15 * 60);
 /// Transitions kept per instance, and per rule for vanished instances.
 pub const TRANSITIONS_KEPT: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
     Inactive,

@@ -47,61 +47,89 @@ use crate::store::{Store, StoreOptions};
 pub const ORIGIN: i64 = 1_704_067_200_000_000_000;
 
 /// A test file: `[[test]]` tables.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestFile {
+    /// Present in captured datasets (`homeostat capture`): what was
+    /// captured, and the content hash that keeps it unedited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<super::dataset::DatasetInfo>,
     pub test: Vec<TestCase>,
 }
 
 /// One test.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
     pub name: String,
     /// The rules evaluated; default: every rule of the folder.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<String>,
     /// How long the virtual clock runs, from time zero.
     #[serde(with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub duration: Duration,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spans: Vec<SpanSeries>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogSeries>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<MetricSeries>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub otlp: Vec<OtlpFixture>,
-    #[serde(default)]
+    /// Telemetry rows in Parquet files (captured datasets), their times on
+    /// the test's clock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parquet: Vec<super::dataset::ParquetFixture>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expect: Vec<Expectation>,
     /// The decisions expected of rules with actions, in order, over the
     /// whole test; a rule listed here must make exactly these.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<ExpectedAction>,
 }
 
 /// A decision expected of a rule's action. Every field but `rule` is
 /// optional and checked only when given.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectedAction {
     pub rule: String,
     /// When it was decided (an evaluation time).
-    #[serde(default, with = "crate::serde_duration::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_duration::option"
+    )]
+    #[schemars(with = "Option<crate::rules::schema::HumanDuration>")]
     pub at: Option<Duration>,
+    /// How far from `at` the decision may be (captured datasets: the rule's
+    /// `every`); default: exactly at `at`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_duration::option"
+    )]
+    #[schemars(with = "Option<crate::rules::schema::HumanDuration>")]
+    pub within: Option<Duration>,
     /// The instance's labels (those given must match).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// firing, resolved, repeat, ineffective.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<crate::act::config::Trigger>,
     /// allowed, suppressed, awaiting_approval, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<crate::decisions::Verdict>,
     /// The option the script chose with `decide`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub choice: Option<String>,
     /// succeeded, skipped, failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<crate::decisions::RunStatus>,
     /// The host calls, in order: each `function` or `function target`
     /// (`"http::post POST https://hooks/x"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calls: Option<Vec<String>>,
 }
 
@@ -114,12 +142,14 @@ fn second() -> Duration {
 }
 
 /// `count` spans, one every `every`, the first at `at`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpanSeries {
     #[serde(default, with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub at: Duration,
     #[serde(default = "second", with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub every: Duration,
     #[serde(default = "one")]
     pub count: u32,
@@ -132,8 +162,10 @@ pub struct SpanSeries {
     #[serde(default)]
     pub status: Option<String>,
     #[serde(default = "ten_ms", with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub duration: Duration,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, crate::rules::schema::AnyValue>")]
     pub attributes: BTreeMap<String, toml::Value>,
 }
 
@@ -142,12 +174,14 @@ fn ten_ms() -> Duration {
 }
 
 /// `count` log records, one every `every`, the first at `at`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogSeries {
     #[serde(default, with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub at: Duration,
     #[serde(default = "second", with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub every: Duration,
     #[serde(default = "one")]
     pub count: u32,
@@ -157,12 +191,13 @@ pub struct LogSeries {
     pub severity: Option<String>,
     pub body: String,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, crate::rules::schema::AnyValue>")]
     pub attributes: BTreeMap<String, toml::Value>,
 }
 
 /// A metric series in promtool's expanding notation: `values = "1 2 3+2x3 _ 7x2"`
 /// gives 1 2 3 5 7 9 (gap) 7 7 7, one value every `every` from `at`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricSeries {
     pub metric: String,
@@ -171,12 +206,15 @@ pub struct MetricSeries {
     #[serde(default)]
     pub r#type: Option<String>,
     #[serde(default, with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub at: Duration,
     #[serde(default = "fifteen_s", with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub every: Duration,
     #[serde(default)]
     pub unit: Option<String>,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, crate::rules::schema::AnyValue>")]
     pub attributes: BTreeMap<String, toml::Value>,
     pub values: String,
 }
@@ -187,19 +225,21 @@ fn fifteen_s() -> Duration {
 
 /// An OTLP/JSON export request (traces, metrics or logs) in a file relative
 /// to the test file. Its times are offsets from `at`, not absolute.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpFixture {
     #[serde(default, with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub at: Duration,
     pub file: PathBuf,
 }
 
 /// The alerts of a rule expected at a time.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expectation {
     #[serde(with = "crate::serde_duration")]
+    #[schemars(with = "crate::rules::schema::HumanDuration")]
     pub at: Duration,
     pub rule: String,
     /// Exactly the rule's pending and firing instances at `at` (after every
@@ -207,7 +247,9 @@ pub struct Expectation {
     pub alerts: Vec<ExpectedAlert>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectedAlert {
     #[serde(default)]
@@ -223,6 +265,10 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Empty when the test passed.
     pub failures: Vec<String>,
+    /// Said beside the result: a dataset's comparison with its record.
+    pub note: Option<String>,
+    /// Not run (a dataset version that a newer one supersedes).
+    pub skipped: bool,
 }
 
 /// Runs every test file under `dir` against the rules under `dir`.
@@ -267,19 +313,63 @@ pub async fn run_file(rules_dir: &Path, file: &Path) -> Result<Vec<Outcome>, Vec
         vec![RuleError::new(file, line, e.message().trim_end())]
     })?;
     let base = file.parent().unwrap_or(Path::new("."));
+    let outcome = |case: &TestCase, failures: Vec<String>, note: Option<String>| Outcome {
+        file: file.to_owned(),
+        name: case.name.clone(),
+        elapsed: Duration::ZERO,
+        failures,
+        note,
+        skipped: false,
+    };
     let mut outcomes = Vec::new();
-    for case in tests.test {
-        let started = Instant::now();
-        let failures = match run_case(rules_dir, base, &case).await {
-            Ok(f) => f,
-            Err(e) => vec![e],
+    if let Some(info) = &tests.dataset {
+        // Only the newest version of a dataset runs.
+        let root = base.parent().unwrap_or(base);
+        if let Some((&newest, _)) = super::dataset::versions(root).last_key_value()
+            && newest > info.version
+        {
+            for case in &tests.test {
+                let mut o = outcome(
+                    case,
+                    Vec::new(),
+                    Some(format!(
+                        "dataset {} v{} is superseded by v{newest}",
+                        info.name, info.version
+                    )),
+                );
+                o.skipped = true;
+                outcomes.push(o);
+            }
+            return Ok(outcomes);
+        }
+        // Never edited in place: the content must be what was captured.
+        let actual = super::dataset::fixture_files(base, &tests.test)
+            .map(|files| super::dataset::content_hash(info, &tests.test, &files));
+        let problem = match actual {
+            Ok(hash) if hash == info.content_hash => None,
+            Ok(hash) => Some(format!(
+                "dataset {} v{} was changed after it was captured: its content hashes to {hash}, its manifest says {}; datasets are never edited, capture a new version instead",
+                info.name, info.version, info.content_hash
+            )),
+            Err(e) => Some(e),
         };
-        outcomes.push(Outcome {
-            file: file.to_owned(),
-            name: case.name.clone(),
-            elapsed: started.elapsed(),
-            failures,
-        });
+        if let Some(problem) = problem {
+            for case in &tests.test {
+                outcomes.push(outcome(case, vec![problem.clone()], None));
+            }
+            return Ok(outcomes);
+        }
+    }
+    for case in &tests.test {
+        let started = Instant::now();
+        let (failures, note) = match run_case(rules_dir, base, case, tests.dataset.is_some()).await
+        {
+            Ok(f) => f,
+            Err(e) => (vec![e], None),
+        };
+        let mut o = outcome(case, failures, note);
+        o.elapsed = started.elapsed();
+        outcomes.push(o);
     }
     Ok(outcomes)
 }
@@ -288,7 +378,14 @@ fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
-async fn run_case(rules_dir: &Path, base: &Path, case: &TestCase) -> Result<Vec<String>, String> {
+/// Runs one test. A dataset's decisions are compared with its record as
+/// still happening, no longer happening or new, and the counts are the note.
+async fn run_case(
+    rules_dir: &Path,
+    base: &Path,
+    case: &TestCase,
+    dataset: bool,
+) -> Result<(Vec<String>, Option<String>), String> {
     let store = Store::new(StoreOptions {
         memory_budget: u64::MAX,
         retention: Duration::from_secs(365 * 24 * 3600),
@@ -335,6 +432,9 @@ async fn run_case(rules_dir: &Path, base: &Path, case: &TestCase) -> Result<Vec<
     }
     for f in &case.otlp {
         load_fixture(&store, &base.join(&f.file), ORIGIN + nanos(f.at))?;
+    }
+    for p in &case.parquet {
+        super::dataset::load_parquet(&store, p, base)?;
     }
 
     // Every rule's evaluation times, merged in time order.
@@ -428,8 +528,129 @@ async fn run_case(rules_dir: &Path, base: &Path, case: &TestCase) -> Result<Vec<
     for (t, rule) in pending {
         step(t, &rule, &mut failures).await;
     }
+    if dataset {
+        let note = check_dataset(&case.actions, &rules, actor.log(), &mut failures);
+        return Ok((failures, Some(note)));
+    }
     check_actions(&case.actions, actor.log(), &mut failures);
-    Ok(failures)
+    Ok((failures, None))
+}
+
+/// Matches a dataset's recorded decisions with the test's, per rule in time
+/// order: same instance (its labels), trigger, and time within `within`.
+/// Each expected one still happens (possibly changed) or no longer does;
+/// the test's unmatched ones are new. Returns the counts.
+fn check_dataset(
+    expected: &[ExpectedAction],
+    rules: &[String],
+    log: &DecisionLog,
+    failures: &mut Vec<String>,
+) -> String {
+    let (mut still, mut gone, mut changed, mut new) = (0, 0, 0, 0);
+    for rule in rules {
+        let mut got = log.list(&crate::decisions::Filter {
+            rule: Some(rule.clone()),
+            limit: usize::MAX,
+            ..Default::default()
+        });
+        got.reverse();
+        let mut taken = vec![false; got.len()];
+        for w in expected.iter().filter(|e| &e.rule == rule) {
+            let at = w.at.map(|a| ORIGIN + nanos(a));
+            let within = w.within.map_or(0, nanos);
+            let found = got.iter().enumerate().find(|(i, d)| {
+                !taken[*i]
+                    && w.labels.iter().all(|(k, v)| d.labels.get(k) == Some(v))
+                    && w.trigger.is_none_or(|t| t == d.trigger)
+                    && at.is_none_or(|a| (d.at - a).abs() <= within)
+            });
+            match found {
+                Some((i, d)) => {
+                    taken[i] = true;
+                    let wrong = differences(w, d);
+                    if wrong.is_empty() {
+                        still += 1;
+                    } else {
+                        changed += 1;
+                        failures.push(format!(
+                            "rule {rule}: a recorded decision happens differently: expected {}\n    got: {}",
+                            wrong.join(", "),
+                            describe(d)
+                        ));
+                    }
+                }
+                None => {
+                    gone += 1;
+                    failures.push(format!(
+                        "rule {rule}: a recorded decision no longer happens: {}",
+                        show_expected(w)
+                    ));
+                }
+            }
+        }
+        for (i, d) in got.iter().enumerate() {
+            if !taken[i] {
+                new += 1;
+                failures.push(format!("rule {rule}: a new decision: {}", describe(d)));
+            }
+        }
+    }
+    format!(
+        "{still} recorded decisions still happen, {gone} no longer happen, {changed} changed, {new} new"
+    )
+}
+
+/// What a decision does differently from an expected one: verdict, choice,
+/// run status, host calls (time, instance and trigger are matched apart).
+fn differences(w: &ExpectedAction, d: &crate::decisions::Decision) -> Vec<String> {
+    let mut wrong = Vec::new();
+    if w.verdict.is_some_and(|v| v != d.policy.verdict) {
+        wrong.push(format!("verdict {:?}", w.verdict));
+    }
+    let choice = d.reasoning.decision.as_ref().map(|c| c.option.as_str());
+    if w.choice.is_some() && w.choice.as_deref() != choice {
+        wrong.push(format!("choice {:?}", w.choice));
+    }
+    if w.status.is_some() && w.status != d.run.as_ref().map(|r| r.status) {
+        wrong.push(format!("status {:?}", w.status));
+    }
+    if let Some(calls) = &w.calls {
+        let matches = calls.len() == d.host_calls.len()
+            && calls
+                .iter()
+                .zip(&d.host_calls)
+                .all(|(c, h)| *c == h.function || *c == format!("{} {}", h.function, h.target));
+        if !matches {
+            wrong.push(format!("calls {calls:?}"));
+        }
+    }
+    wrong
+}
+
+/// One line about an expected decision, for failure messages.
+fn show_expected(w: &ExpectedAction) -> String {
+    let mut parts = Vec::new();
+    if let Some(at) = w.at {
+        let within = w
+            .within
+            .map(|d| format!(" (±{})", humantime::format_duration(d)))
+            .unwrap_or_default();
+        parts.push(format!("at {}{within}", humantime::format_duration(at)));
+    }
+    parts.push(format!("{:?}", w.labels));
+    if let Some(t) = w.trigger {
+        parts.push(t.name().to_owned());
+    }
+    if let Some(v) = w.verdict {
+        parts.push(v.name().to_owned());
+    }
+    if let Some(c) = &w.choice {
+        parts.push(format!("choice {c}"));
+    }
+    if let Some(s) = w.status {
+        parts.push(format!("status {}", s.name()));
+    }
+    parts.join(" ")
 }
 
 /// Compares each listed rule's decisions, oldest first, with the expected
@@ -466,25 +687,7 @@ fn check_actions(expected: &[ExpectedAction], log: &DecisionLog, failures: &mut 
             if w.trigger.is_some_and(|t| t != d.trigger) {
                 wrong.push(format!("trigger {:?}", w.trigger));
             }
-            if w.verdict.is_some_and(|v| v != d.policy.verdict) {
-                wrong.push(format!("verdict {:?}", w.verdict));
-            }
-            let choice = d.reasoning.decision.as_ref().map(|c| c.option.as_str());
-            if w.choice.is_some() && w.choice.as_deref() != choice {
-                wrong.push(format!("choice {:?}", w.choice));
-            }
-            if w.status.is_some() && w.status != d.run.as_ref().map(|r| r.status) {
-                wrong.push(format!("status {:?}", w.status));
-            }
-            if let Some(calls) = &w.calls {
-                let matches = calls.len() == d.host_calls.len()
-                    && calls.iter().zip(&d.host_calls).all(|(c, h)| {
-                        *c == h.function || *c == format!("{} {}", h.function, h.target)
-                    });
-                if !matches {
-                    wrong.push(format!("calls {calls:?}"));
-                }
-            }
+            wrong.extend(differences(w, d));
             if !wrong.is_empty() {
                 failures.push(format!(
                     "rule {rule}, decision {}: expected {}\n    got: {}",

@@ -447,17 +447,22 @@ async fn a_killed_claimant_is_taken_over_after_its_lease() {
     })
     .await;
     let first_id = first["decision"].as_str().unwrap().to_owned();
-    // Which replica made it: the one whose own decisions include it.
-    let mut claimant = None;
-    for (i, r) in replicas.iter().enumerate() {
-        if decisions(r)
-            .await
-            .iter()
-            .any(|d| d["id"] == first_id.as_str())
-        {
-            claimant = Some(i);
+    // Which replica made it: every replica lists it once they have synced,
+    // so ask for its node.
+    let holder = until("the claimant's decision is listed", || async {
+        for r in &replicas {
+            if let Some(d) = decisions(r)
+                .await
+                .iter()
+                .find(|d| d["id"] == first_id.as_str())
+            {
+                return Ok(d["node"].as_str().unwrap().to_owned());
+            }
         }
-    }
+        Err("not listed yet".to_owned())
+    })
+    .await;
+    let claimant = replicas.iter().position(|r| r.node == holder);
     let claimant = replicas.remove(claimant.expect("the claimant lists its decision"));
     let killed = claimant.node.clone();
     let mut child = claimant.child;

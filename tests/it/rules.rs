@@ -33,6 +33,12 @@ fn the_shipped_rules_check_and_pass_their_tests() {
     assert!(ok, "{out}");
     assert!(out.contains(" 0 failed"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
+    // The shipped dataset, a recorded incident, runs with them.
+    assert!(
+        out.contains("checkout_error_burst/v1/dataset.test.toml")
+            && out.contains("1 recorded decisions still happen, 0 no longer happen"),
+        "{out}"
+    );
 }
 
 fn write(dir: &Path, name: &str, text: &str) {

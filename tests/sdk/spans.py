@@ -2,12 +2,14 @@
 in one export call, and tells whether the receiver accepted them.
 
     python spans.py --protocol grpc|http --endpoint URL --services a,b \
-        [--spans 20] [--errors 5] [--token T] [--ca cert.pem]
+        [--spans 20] [--errors 5] [--token T] [--ca cert.pem] \
+        [--attribute key=value ...]
 
 For each service, `--spans` SERVER spans timestamped now, the first
 `--errors` of them failed. `--token` is sent as `authorization: Bearer T`
 (what OTEL_EXPORTER_OTLP_HEADERS would set); `--ca` is the certificate to
-trust for an https endpoint. Prints {"sent": n} and exits 0 when the export
+trust for an https endpoint; each `--attribute` is set on every span (an
+incident's user ids and e-mails, for the dataset tests). Prints {"sent": n} and exits 0 when the export
 succeeded; exits 2 when the receiver refused it.
 """
 
@@ -62,7 +64,9 @@ def main():
     p.add_argument("--errors", type=int, default=0)
     p.add_argument("--token")
     p.add_argument("--ca")
+    p.add_argument("--attribute", action="append", default=[])
     args = p.parse_args()
+    attributes = dict(a.split("=", 1) for a in args.attribute)
 
     spans = []
     for service in args.services.split(","):
@@ -73,6 +77,8 @@ def main():
         for i in range(args.spans):
             with tracer.start_as_current_span("POST /checkout", kind=SpanKind.SERVER) as span:
                 span.set_attribute("http.route", "/checkout")
+                for key, value in attributes.items():
+                    span.set_attribute(key, value)
                 if i < args.errors:
                     span.set_status(Status(StatusCode.ERROR, "payment backend unavailable"))
         provider.shutdown()

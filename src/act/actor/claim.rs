@@ -94,6 +94,28 @@ impl Actor {
         }
         .emit(&self.metrics);
         match answer {
+            Ok(Claimed::Won {
+                claim,
+                took_over: Some(holder),
+            }) => {
+                // The episode's claimant died before this replica first saw
+                // it: taken over at once, as a watcher would.
+                self.release(&prepared.rule.name);
+                let watch = Watch {
+                    rule: prepared.rule.clone(),
+                    decision: prepared.decision.clone(),
+                    episode: claim.episode,
+                    checking: false,
+                    next_check: now,
+                };
+                let (id, trace_id) = (
+                    prepared.decision.id.clone(),
+                    prepared.decision.trace_id.clone(),
+                );
+                self.take_over(watch, claim, &holder, id, trace_id);
+                self.ran();
+                None
+            }
             Ok(Claimed::Won { claim, .. }) => {
                 if d.trigger == Trigger::Firing {
                     self.state
@@ -399,28 +421,7 @@ impl Actor {
                 }
             ),
         });
-        if let Some(mut first) = first.filter(|f| {
-            f.run
-                .as_ref()
-                .is_some_and(|r| r.status == RunStatus::Running)
-        }) {
-            if let Some(run) = first.run.as_mut() {
-                run.status = RunStatus::Interrupted;
-                run.error = Some(RunError {
-                    kind: "interrupted",
-                    message: format!(
-                        "node {} stopped before recording the result; node {} took the episode over in decision {}",
-                        holder.node, self.node, d.id
-                    ),
-                });
-            }
-            first.outcome = Outcome::None;
-            first.updated_at = now;
-            self.record(&first, Stage::Interrupted);
-            let mut spans = action_spans(&first);
-            spans.extend(closing_spans(&first));
-            self.sink.emit(spans, now, &self.metrics);
-        }
+        self.interrupt_first(first, holder, &d.id, now);
         if started && !idempotent {
             d.policy.verdict = Verdict::Suppressed;
             d.policy.reason = format!(
@@ -453,6 +454,34 @@ impl Actor {
             },
             now,
         ));
+    }
+
+    /// Marks `holder`'s decision, if its run was cut short, interrupted:
+    /// this replica took its episode over in decision `by`.
+    fn interrupt_first(&self, first: Option<Decision>, holder: &Claim, by: &str, now: i64) {
+        let Some(mut first) = first.filter(|f| {
+            f.run
+                .as_ref()
+                .is_some_and(|r| r.status == RunStatus::Running)
+        }) else {
+            return;
+        };
+        if let Some(run) = first.run.as_mut() {
+            run.status = RunStatus::Interrupted;
+            run.error = Some(RunError {
+                kind: "interrupted",
+                message: format!(
+                    "node {} stopped before recording the result; node {} took the episode over in decision {by}",
+                    holder.node, self.node
+                ),
+            });
+        }
+        first.outcome = Outcome::None;
+        first.updated_at = now;
+        self.record(&first, Stage::Interrupted);
+        let mut spans = action_spans(&first);
+        spans.extend(closing_spans(&first));
+        self.sink.emit(spans, now, &self.metrics);
     }
 
     /// A run this node's previous process left interrupted: claims its
