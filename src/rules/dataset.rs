@@ -153,6 +153,9 @@ struct Rewrite<'a> {
     hash: &'a [String],
     /// Added to every non-zero timestamp.
     shift: i64,
+    /// The values hashed, to hash them too where the expected decisions
+    /// repeat them (an instance's labels, a host call's target).
+    seen: std::sync::Mutex<BTreeSet<String>>,
 }
 
 fn hashed(value: &str) -> String {
@@ -224,7 +227,11 @@ impl Rewrite<'_> {
                 if values.is_null(i) {
                     b.values().append_null();
                 } else if self.hash.iter().any(|h| h == key) {
-                    b.values().append_value(hashed(values.value(i)));
+                    let value = values.value(i);
+                    if let Ok(mut seen) = self.seen.lock() {
+                        seen.insert(value.to_owned());
+                    }
+                    b.values().append_value(hashed(value));
                 } else {
                     b.values().append_value(values.value(i));
                 }
@@ -419,6 +426,7 @@ pub async fn capture(c: &Capture) -> Result<Captured, String> {
         drop: &c.drop_attributes,
         hash: &c.hash_attributes,
         shift,
+        seen: Default::default(),
     };
     let mut files = Vec::new();
     let mut rows = BTreeMap::new();
@@ -471,6 +479,25 @@ pub async fn capture(c: &Capture) -> Result<Captured, String> {
             .find(|r| r.name == rule)
             .map_or(Duration::from_secs(1), |r| r.every)
     };
+    // A hashed value the rules turned into a label or a call's target is
+    // hashed there too: the dataset's decisions see only hashes.
+    let seen = rewrite.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let label = |value: &str| {
+        if seen.contains(value) {
+            hashed(value)
+        } else {
+            value.to_owned()
+        }
+    };
+    // In a call's target the value is part of a URL or a name: replaced
+    // where it occurs, when long enough not to be a common fragment.
+    let scrub = |text: &str| {
+        seen.iter()
+            .filter(|raw| raw.len() >= 6)
+            .fold(text.to_owned(), |t, raw| {
+                t.replace(raw.as_str(), &hashed(raw))
+            })
+    };
     let actions: Vec<ExpectedAction> = recorded
         .iter()
         .map(|d| {
@@ -488,7 +515,11 @@ pub async fn capture(c: &Capture) -> Result<Captured, String> {
                     u64::try_from(d.at - origin).unwrap_or(0),
                 )),
                 within: Some(every(&d.rule)),
-                labels: d.labels.clone(),
+                labels: d
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), label(v)))
+                    .collect(),
                 trigger: Some(d.trigger),
                 // Nobody answers approvals in a test: they stay waiting.
                 verdict: Some(match d.policy.verdict {
@@ -502,7 +533,7 @@ pub async fn capture(c: &Capture) -> Result<Captured, String> {
                 calls: ran.map(|_| {
                     d.host_calls
                         .iter()
-                        .map(|h| format!("{} {}", h.function, h.target))
+                        .map(|h| scrub(&format!("{} {}", h.function, h.target)))
                         .collect()
                 }),
             }

@@ -343,3 +343,42 @@ async fn record_the_shipped_dataset() {
     let said = capture(&data, &rules, "checkout_error_ratio", (from, to), &out);
     println!("{said}");
 }
+
+/// A rule whose instances are named by a hashed attribute: the dataset's
+/// expected decisions carry the hash, never the value, and still match
+/// what the rule decides over the hashed telemetry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hashed_attribute_stays_hashed_in_the_expected_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, data) = (dir.path().join("rules"), dir.path().join("data"));
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("customer_failures.toml"),
+        r#"
+every = "1s"
+window = "5s"
+sql = """
+SELECT attributes['enduser.id'] AS customer, count(*) AS errors
+FROM spans WHERE status_code = 'ERROR'
+GROUP BY attributes['enduser.id'] HAVING count(*) >= 5
+"""
+
+[action]
+dry_run = true
+inline = """
+consider("open_ticket", `customer ${alert.labels.customer} keeps failing`);
+decide("open_ticket", "one customer's requests fail");
+"""
+"#,
+    )
+    .unwrap();
+    let period = record(&rules, &data, "customer_failures", "shop", 8).await;
+    let out = rules.join("datasets").join("customer-incident");
+    capture(&data, &rules, "customer_failures", period, &out);
+    let manifest = std::fs::read_to_string(out.join("v1").join("dataset.test.toml")).unwrap();
+    assert!(!manifest.contains("customer-4711"), "{manifest}");
+    assert!(manifest.contains("customer = \"sha256:"), "{manifest}");
+    let (ok, text) = homeostat(&["test", rules.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(text.contains("1 recorded decisions still happen"), "{text}");
+}
