@@ -263,17 +263,7 @@ impl Storage {
         prefix: &Path,
         offset: &Path,
     ) -> Result<Vec<ObjectMeta>, StorageError> {
-        let mut objects: Vec<ObjectMeta> = self
-            .store
-            .list_with_offset(Some(prefix), offset)
-            .try_collect()
-            .await
-            .map_err(|source| StorageError::Store {
-                path: prefix.to_string(),
-                source,
-            })?;
-        objects.sort_by(|a, b| a.location.cmp(&b.location));
-        Ok(objects)
+        sorted(prefix, self.store.list_with_offset(Some(prefix), offset)).await
     }
 
     pub async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
@@ -286,17 +276,7 @@ impl Storage {
 
     /// Every object under `prefix`, sorted by path.
     pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, StorageError> {
-        let mut objects: Vec<ObjectMeta> = self
-            .store
-            .list(Some(prefix))
-            .try_collect()
-            .await
-            .map_err(|source| StorageError::Store {
-                path: prefix.to_string(),
-                source,
-            })?;
-        objects.sort_by(|a, b| a.location.cmp(&b.location));
-        Ok(objects)
+        sorted(prefix, self.store.list(Some(prefix))).await
     }
 
     /// The folders directly under `prefix` (their full paths), sorted.
@@ -323,6 +303,23 @@ impl Storage {
             }),
         }
     }
+}
+
+/// A listing, collected and sorted by path.
+async fn sorted(
+    prefix: &Path,
+    listing: futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>>,
+) -> Result<Vec<ObjectMeta>, StorageError> {
+    let mut objects: Vec<ObjectMeta> =
+        listing
+            .try_collect()
+            .await
+            .map_err(|source| StorageError::Store {
+                path: prefix.to_string(),
+                source,
+            })?;
+    objects.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(objects)
 }
 
 /// Create-only and crash-safe on a local disk: the bytes go to a staging

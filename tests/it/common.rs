@@ -254,3 +254,18 @@ pub async fn ready_address(
         }
     }
 }
+
+/// Runs the `homeostat` binary as a user would: whether it succeeded, and
+/// what it printed (standard output, then standard error).
+pub fn homeostat_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

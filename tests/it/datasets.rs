@@ -11,26 +11,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use homeostat::decisions::RunStatus;
 
 use crate::actions::decision;
-use crate::common::{Instance, start_with};
-
-const BIN: &str = env!("CARGO_BIN_EXE_homeostat");
-
-fn homeostat(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use crate::common::{Instance, homeostat_cli as homeostat, start_with};
 
 /// Failed checkout spans: at least `threshold` in the window fire, and the
 /// action decides to page, in dry-run.

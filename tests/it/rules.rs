@@ -3,26 +3,14 @@
 //! its states, and hot reload.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use homeostat::rules::AlertState;
 use serde_json::Value;
 
-use crate::common::{python, spans_now_json, start_with};
+use crate::common::{homeostat_cli as homeostat, python, spans_now_json, start_with};
 
-const BIN: &str = env!("CARGO_BIN_EXE_homeostat");
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
-
-fn homeostat(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 #[test]
 fn the_shipped_rules_check_and_pass_their_tests() {

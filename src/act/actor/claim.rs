@@ -37,6 +37,20 @@ fn claim_record(claim: &Claim) -> ClaimRecord {
     }
 }
 
+/// The claim a decision asks for.
+fn request(d: &Decision, closed: Option<u64>, episode: Option<u64>) -> ClaimRequest<'_> {
+    ClaimRequest {
+        rule: &d.rule,
+        fingerprint: &d.fingerprint,
+        trigger: d.trigger,
+        decision: &d.id,
+        local_episode: d.episode,
+        since: d.detection.since,
+        closed,
+        episode,
+    }
+}
+
 fn nanos(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
@@ -61,16 +75,7 @@ impl Actor {
                     .map(|(_, n)| n),
             )
         };
-        let request = ClaimRequest {
-            rule: &d.rule,
-            fingerprint: &d.fingerprint,
-            trigger: d.trigger,
-            decision: &d.id,
-            local_episode: d.episode,
-            since: d.detection.since,
-            closed,
-            episode,
-        };
+        let request = request(d, closed, episode);
         let answer = self.scripts.handle().block_on(cluster.claim(&request));
         let now = self.clock.now();
         let (result, episode, holder) = match &answer {
@@ -326,14 +331,9 @@ impl Actor {
         };
         let (id, trace_id) = self.next_ids(&key.0, &key.1, now);
         let request = ClaimRequest {
-            rule: &key.0,
-            fingerprint: &key.1,
             trigger: Trigger::Firing,
             decision: &id,
-            local_episode: watch.decision.episode,
-            since: watch.decision.detection.since,
-            closed: None,
-            episode: None,
+            ..request(&watch.decision, None, None)
         };
         match cluster.take_over(&request, episode, holder.clone()).await {
             Ok(Claimed::Won { claim, .. }) => {
@@ -491,16 +491,7 @@ impl Actor {
         let (Some(cluster), Some(claim)) = (self.cluster.as_ref(), d.claim.as_ref()) else {
             return Ok(d.claim.clone());
         };
-        let request = ClaimRequest {
-            rule: &d.rule,
-            fingerprint: &d.fingerprint,
-            trigger: d.trigger,
-            decision: &d.id,
-            local_episode: d.episode,
-            since: d.detection.since,
-            closed: None,
-            episode: Some(claim.episode),
-        };
+        let request = request(d, None, Some(claim.episode));
         match cluster.reclaim(&request, claim.episode).await {
             Ok(Claimed::Won { claim, .. }) => Ok(Some(claim_record(&claim))),
             Ok(Claimed::Lost { holder }) => Err(format!(
