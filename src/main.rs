@@ -49,16 +49,35 @@ enum Command {
     Schema(SchemaArgs),
 }
 
+/// A period of the past, for replay and capture.
 #[derive(Debug, Args)]
-struct CaptureArgs {
-    #[command(flatten)]
-    data: DataArgs,
+struct PeriodArgs {
     /// Start of the period: RFC 3339, or a duration back from now ("2h").
     #[arg(long, value_name = "T")]
     from: String,
     /// End of the period [default: now].
     #[arg(long, value_name = "T")]
     to: Option<String>,
+}
+
+impl PeriodArgs {
+    /// `(from, to)` in UTC nanoseconds.
+    fn resolve(&self) -> Result<(i64, i64)> {
+        let from = parse_time(&self.from)?;
+        let to = match &self.to {
+            Some(t) => parse_time(t)?,
+            None => homeostat::ingest::now_nanos(),
+        };
+        Ok((from, to))
+    }
+}
+
+#[derive(Debug, Args)]
+struct CaptureArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    period: PeriodArgs,
     /// A rule to capture (repeatable) [default: every rule].
     #[arg(long = "rule", value_name = "NAME")]
     rules: Vec<String>,
@@ -94,12 +113,8 @@ struct SchemaArgs {
 struct ReplayArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Start of the period: RFC 3339, or a duration back from now ("2h").
-    #[arg(long, value_name = "T")]
-    from: String,
-    /// End of the period [default: now].
-    #[arg(long, value_name = "T")]
-    to: Option<String>,
+    #[command(flatten)]
+    period: PeriodArgs,
     /// The rules to replay: the deployed ones, or a changed copy.
     #[arg(long, value_name = "DIR", default_value = "rules")]
     rules: PathBuf,
@@ -466,11 +481,7 @@ async fn audit_log(args: LogArgs) -> Result<()> {
 }
 
 async fn replay(args: ReplayArgs) -> Result<ExitCode> {
-    let from = parse_time(&args.from)?;
-    let to = match &args.to {
-        Some(t) => parse_time(t)?,
-        None => homeostat::ingest::now_nanos(),
-    };
+    let (from, to) = args.period.resolve()?;
     let storage = homeostat::memory::Storage::open(&args.data.data)?;
     let report = homeostat::memory::replay::replay(&storage, &args.rules, from, to)
         .await
@@ -484,11 +495,7 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
 }
 
 async fn capture(args: CaptureArgs) -> Result<()> {
-    let from = parse_time(&args.from)?;
-    let to = match &args.to {
-        Some(t) => parse_time(t)?,
-        None => homeostat::ingest::now_nanos(),
-    };
+    let (from, to) = args.period.resolve()?;
     let captured = homeostat::rules::dataset::capture(&homeostat::rules::dataset::Capture {
         storage: homeostat::memory::Storage::open(&args.data.data)?,
         rules_dir: args.rules_dir,

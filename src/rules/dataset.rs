@@ -473,6 +473,19 @@ pub async fn capture(c: &Capture) -> Result<Captured, String> {
         });
     }
 
+    if rows.values().all(|&n| n == 0) {
+        return Err(format!(
+            "nothing to capture: the archive in {} holds no {} between {} and {} (telemetry is archived once it leaves memory, and at shutdown; is --data right?)",
+            c.storage.location(),
+            read.keys()
+                .filter(|t| Signal::ALL.iter().any(|s| s.table() == t.as_str()))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" or "),
+            rfc3339(c.from - lookback),
+            rfc3339(c.to)
+        ));
+    }
     let every = |rule: &str| {
         rules
             .iter()

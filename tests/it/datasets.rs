@@ -287,6 +287,24 @@ async fn a_recorded_incident_becomes_a_dataset_that_catches_a_rule_change() {
     assert!(ok, "{text}");
     assert!(text.contains("superseded by v2"), "{text}");
     assert!(text.contains("1 superseded"), "{text}");
+
+    // A period the archive holds nothing of is refused, not an empty test.
+    let (ok, text) = homeostat(&[
+        "capture",
+        "--data",
+        data.to_str().unwrap(),
+        "--from",
+        "2020-01-01T00:00:00Z",
+        "--to",
+        "2020-01-01T01:00:00Z",
+        "--rules-dir",
+        rules.to_str().unwrap(),
+        "--out",
+        dir.path().join("empty").to_str().unwrap(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("nothing to capture"), "{text}");
+    assert!(!dir.path().join("empty").exists());
 }
 
 /// Records the dataset shipped in `rules/datasets/checkout_error_burst`:
