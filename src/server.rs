@@ -228,6 +228,7 @@ pub async fn start_with_env(
     others.sort_by_key(|d| d.at);
     for d in &others {
         actor.log().upsert(d);
+        actor.observe_remote(d);
     }
     // Before any transition flows: what the memory holds comes back first.
     let (restored, _reruns) = actor.restore(&loaded, &node, &rules, now_nanos()).await;
@@ -250,6 +251,7 @@ pub async fn start_with_env(
         index: store.memory_index().clone(),
         log: actor.log().clone(),
         facts: actor.facts().clone(),
+        actor: Some(actor.clone()),
     };
     let (interval, token) = (config.cluster.sync_interval, shutdown.clone());
     tasks.spawn(async move {

@@ -256,6 +256,22 @@ impl PolicyState {
         self.recent.insert(at, d.at);
     }
 
+    /// Counts a run another replica started (its intent, read from its
+    /// decision log): cooldowns and the hourly rate hold across the
+    /// cluster. Episodes are not touched: each replica numbers its own, and
+    /// claims keep an episode to one action.
+    pub fn observe(&mut self, d: &Decision) {
+        if d.trigger != Trigger::Ineffective {
+            let last = self
+                .last_action
+                .entry(d.fingerprint.clone())
+                .or_insert(d.at);
+            *last = (*last).max(d.at);
+        }
+        let at = self.recent.partition_point(|&t| t <= d.at);
+        self.recent.insert(at, d.at);
+    }
+
     /// Takes back what [`PolicyState::check`] counted for a run that did
     /// not happen (its intent could not be recorded): the episode can be
     /// acted on again, and the run counts toward no cooldown or rate.
@@ -264,6 +280,14 @@ impl PolicyState {
         if self.acted.get(&key) == Some(&(d.episode, d.detection.since)) {
             self.acted.remove(&key);
         }
+        self.uncount(d);
+    }
+
+    /// Takes back the run [`PolicyState::check`] counted toward cooldown
+    /// and rate, keeping the episode acted on: another replica claimed it
+    /// and acts, and its run is counted when its intent is read
+    /// ([`PolicyState::observe`]).
+    pub fn uncount(&mut self, d: &Decision) {
         if self.last_action.get(&d.fingerprint) == Some(&d.at) {
             self.last_action.remove(&d.fingerprint);
         }

@@ -13,9 +13,10 @@ use std::time::Duration;
 use object_store::path::Path;
 use tokio_util::sync::CancellationToken;
 
+use crate::act::actor::Actor;
 use crate::decisions::DecisionLog;
 use crate::decisions::memory::Facts;
-use crate::memory::journal::{self, ChainEntry, Record, Tail};
+use crate::memory::journal::{self, ChainEntry, Record, Stage, Tail};
 use crate::memory::tables::MemoryIndex;
 use crate::memory::{Loaded, Storage, StorageError};
 
@@ -32,6 +33,8 @@ pub struct Views {
     pub index: Arc<MemoryIndex>,
     pub log: Arc<DecisionLog>,
     pub facts: Arc<Facts>,
+    /// Counts other replicas' runs in this one's cooldowns and rates.
+    pub actor: Option<Arc<Actor>>,
 }
 
 impl Views {
@@ -39,10 +42,16 @@ impl Views {
     pub fn apply(&self, e: &ChainEntry) {
         self.index.apply(&e.entry, &e.hash);
         match &e.entry.record {
-            Record::Decision { decision, .. } => {
+            Record::Decision { decision, stage } => {
                 let mut d = (**decision).clone();
                 if d.node.is_empty() {
                     d.node.clone_from(&e.entry.node);
+                }
+                // A run is counted once, when its intent is recorded.
+                if *stage == Stage::Intent
+                    && let Some(actor) = &self.actor
+                {
+                    actor.observe_remote(&d);
                 }
                 self.log.upsert(&d);
             }

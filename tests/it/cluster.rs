@@ -77,7 +77,7 @@ impl Hook {
 /// A rule firing per `cl-` service while its spans are in the last two
 /// seconds, whose action calls the hook (the first call for `cl-hang`
 /// hangs).
-fn rule(hook: &str) -> String {
+fn rule(hook: &str, extra: &str) -> String {
     format!(
         r#"
 every = "1s"
@@ -89,6 +89,7 @@ sql = "SELECT service_name FROM spans WHERE service_name LIKE 'cl-%' GROUP BY se
 http = ["{hook}"]
 idempotent = true
 max_concurrent = 16
+{extra}
 inline = """
 let service = alert.labels.service_name;
 http::post("{hook}hook", #{{ decision: alert.decision_id, service: service, hang: service == "cl-hang" }}).status
@@ -147,11 +148,16 @@ async fn start_cluster(
     data: &str,
     env: &[(String, String)],
     hook: &str,
+    extra: &str,
 ) -> (tempfile::TempDir, Vec<Replica>) {
     homeostat::act::host::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
-    write(&dir.path().join("rules"), "cluster_burst.toml", &rule(hook));
+    write(
+        &dir.path().join("rules"),
+        "cluster_burst.toml",
+        &rule(hook, extra),
+    );
     write(dir.path(), "homeostat.toml", CLUSTER);
     let mut replicas = Vec::new();
     for i in 0..3 {
@@ -229,6 +235,24 @@ async fn summary(replicas: &[Replica]) -> Vec<String> {
     out
 }
 
+/// Waits until no replica has a pending or firing instance.
+async fn resolved_everywhere(replicas: &[Replica], what: &str) {
+    for r in replicas {
+        until(&format!("{what}: {} resolves", r.node), || async {
+            let rules = get(format!("http://{}/api/v1/rules", r.api)).await;
+            let counts = &rules["rules"][0]["instance_counts"];
+            let open =
+                counts["firing"].as_u64().unwrap_or(0) + counts["pending"].as_u64().unwrap_or(0);
+            if open == 0 {
+                Ok(())
+            } else {
+                Err(counts.to_string())
+            }
+        })
+        .await;
+    }
+}
+
 fn service(d: &Value) -> &str {
     d["labels"]["service_name"].as_str().unwrap_or_default()
 }
@@ -250,7 +274,7 @@ async fn own_final(replica: &Replica, services: &HashSet<String>) -> Vec<Value> 
 async fn once_per_episode(data: &str, env: &[(String, String)]) {
     let hook = Hook::default();
     let url = hook.serve().await;
-    let (_dir, replicas) = start_cluster(data, env, &url).await;
+    let (_dir, replicas) = start_cluster(data, env, &url, "").await;
     let services: HashSet<String> = (0..10).map(|i| format!("cl-{i}")).collect();
     for round in 1..=2usize {
         for s in &services {
@@ -285,20 +309,7 @@ async fn once_per_episode(data: &str, env: &[(String, String)]) {
             );
         }
         // Every instance resolves on every replica before the next round.
-        for r in &replicas {
-            until(&format!("round {round}: {} resolves", r.node), || async {
-                let rules = get(format!("http://{}/api/v1/rules", r.api)).await;
-                let counts = &rules["rules"][0]["instance_counts"];
-                let open = counts["firing"].as_u64().unwrap_or(0)
-                    + counts["pending"].as_u64().unwrap_or(0);
-                if open == 0 {
-                    Ok(())
-                } else {
-                    Err(counts.to_string())
-                }
-            })
-            .await;
-        }
+        resolved_everywhere(&replicas, &format!("round {round}")).await;
     }
     // 20 episodes, 60 decisions: one ran per episode, two were claimed by
     // the one that ran, and each replica lists them all.
@@ -434,7 +445,7 @@ async fn a_killed_claimant_is_taken_over_after_its_lease() {
     let hook = Hook::default();
     let url = hook.serve().await;
     let data = tempfile::tempdir().unwrap();
-    let (_dir, mut replicas) = start_cluster(data.path().to_str().unwrap(), &[], &url).await;
+    let (_dir, mut replicas) = start_cluster(data.path().to_str().unwrap(), &[], &url, "").await;
     for r in &replicas {
         send(r, "cl-hang").await;
     }
@@ -546,4 +557,69 @@ async fn a_killed_claimant_is_taken_over_after_its_lease() {
         .filter(|d| d["run"]["status"] == "succeeded")
         .collect();
     assert_eq!(ran.len(), 1, "{all:#?}");
+}
+
+/// A cooldown holds across replicas: after one replica acted on an
+/// instance, none acts on its next episode within the cooldown. The two
+/// that lost the claim do not count the run they did not make; they know
+/// of the one that happened from the actor's decision log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cooldown_holds_across_replicas() {
+    let hook = Hook::default();
+    let url = hook.serve().await;
+    let data = tempfile::tempdir().unwrap();
+    let (_dir, replicas) = start_cluster(
+        data.path().to_str().unwrap(),
+        &[],
+        &url,
+        "cooldown = \"1h\"",
+    )
+    .await;
+    let services: HashSet<String> = ["cl-cool".to_owned()].into();
+    for round in 1..=2usize {
+        for r in &replicas {
+            send(r, "cl-cool").await;
+        }
+        for r in &replicas {
+            until(&format!("round {round}: {} decides", r.node), || async {
+                let own = own_final(r, &services).await;
+                if own.len() == round {
+                    Ok(())
+                } else {
+                    Err(format!("{} decisions", own.len()))
+                }
+            })
+            .await;
+        }
+        resolved_everywhere(&replicas, &format!("round {round}")).await;
+    }
+    assert_eq!(
+        hook.completed_for("cl-cool"),
+        1,
+        "{:#?}",
+        hook.completed.lock()
+    );
+    let mut acted = None;
+    for r in &replicas {
+        let mut own = own_final(r, &services).await;
+        own.sort_by_key(|d| d["at"].as_i64());
+        if own[0]["run"]["status"] == "succeeded" {
+            acted = Some(r.node.clone());
+        }
+        let second = &own[1];
+        assert_eq!(
+            second["policy"]["verdict"], "suppressed",
+            "{} {second:#}",
+            r.node
+        );
+        assert!(
+            second["policy"]["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("suppressed: cooldown until"),
+            "{} {second:#}",
+            r.node
+        );
+    }
+    assert!(acted.is_some(), "one replica ran the first episode");
 }

@@ -154,6 +154,9 @@ impl Actor {
                 {
                     let mut state = self.state.lock();
                     state.repeats.remove(&key);
+                    if let Some(p) = state.policies.get_mut(&d.rule) {
+                        p.uncount(d);
+                    }
                     if d.trigger == Trigger::Firing {
                         state
                             .episodes
@@ -213,6 +216,20 @@ impl Actor {
                 None
             }
         }
+    }
+
+    /// Another replica recorded the intent of a run: it counts toward this
+    /// replica's cooldowns and hourly rates too.
+    pub fn observe_remote(&self, d: &Decision) {
+        if d.node == self.node || d.run.is_none() {
+            return;
+        }
+        self.state
+            .lock()
+            .policies
+            .entry(d.rule.clone())
+            .or_default()
+            .observe(d);
     }
 
     /// Gives back a concurrency slot taken for a run that does not happen.
@@ -442,6 +459,14 @@ impl Actor {
             reason: &d.policy.reason,
         }
         .emit(&self.metrics);
+        // The run counts toward this replica's cooldown and rate, as one
+        // that passed the policies here would.
+        self.state
+            .lock()
+            .policies
+            .entry(rule.name.clone())
+            .or_default()
+            .observe(&d);
         let alert = alert_value(&rule, &d, None);
         drop(self.start(
             Prepared {
