@@ -238,10 +238,6 @@ impl Cluster {
         &self.config
     }
 
-    pub fn storage(&self) -> &Storage {
-        &self.storage
-    }
-
     fn nodes_prefix(&self) -> Path {
         self.storage.path(&["cluster", "nodes"])
     }
@@ -342,21 +338,35 @@ impl Cluster {
         peers
     }
 
-    /// Whether the process behind `claim` still runs: its node's heartbeat
-    /// names that process and is younger than the lease.
+    /// `node`'s last heartbeat, if it wrote one that reads.
+    async fn heartbeat(&self, node: &str) -> Result<Option<Heartbeat>, StorageError> {
+        let path = self.nodes_prefix().join(format!("{node}.json"));
+        Ok(self
+            .storage
+            .get_opt(&path)
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Whether the process behind `claim` still runs, given its node's
+    /// heartbeat: one that names that process and is younger than the lease.
+    fn runs(&self, claim: &Claim, beat: Option<&Heartbeat>) -> bool {
+        if claim.node == self.node {
+            return claim.process == self.process;
+        }
+        beat.is_some_and(|b| {
+            b.process == claim.process
+                && now_nanos().saturating_sub(b.seen_at) < nanos(self.config.lease)
+        })
+    }
+
+    /// [`Cluster::runs`], reading the heartbeat.
     async fn alive(&self, claim: &Claim) -> Result<bool, StorageError> {
         if claim.node == self.node {
-            return Ok(claim.process == self.process);
+            return Ok(self.runs(claim, None));
         }
-        let path = self.nodes_prefix().join(format!("{}.json", claim.node));
-        let Some(bytes) = self.storage.get_opt(&path).await? else {
-            return Ok(false);
-        };
-        let Ok(beat) = serde_json::from_slice::<Heartbeat>(&bytes) else {
-            return Ok(false);
-        };
-        Ok(beat.process == claim.process
-            && now_nanos().saturating_sub(beat.seen_at) < nanos(self.config.lease))
+        let beat = self.heartbeat(&claim.node).await?;
+        Ok(self.runs(claim, beat.as_ref()))
     }
 
     /// The episodes of an instance, by number.
@@ -479,8 +489,9 @@ impl Cluster {
                 // The result is recorded; the episode goes on while its
                 // holder lives, or if this replica saw it start before the
                 // holder went silent (the Collector moved its telemetry here).
-                let silent_since = self.last_seen(&holder.node).await?;
-                if self.alive(&holder).await?
+                let beat = self.heartbeat(&holder.node).await?;
+                let silent_since = beat.as_ref().map_or(0, |b| b.seen_at);
+                if self.runs(&holder, beat.as_ref())
                     || req.since <= silent_since.saturating_add(nanos(self.config.lease))
                 {
                     return Ok(Claimed::Lost { holder });
@@ -497,17 +508,6 @@ impl Cluster {
         }
         let next = latest.map_or(1, |(n, _)| n + 1);
         self.create(req, next, "firing.json", None).await
-    }
-
-    /// When `node` was last heard of (0 when never).
-    async fn last_seen(&self, node: &str) -> Result<i64, StorageError> {
-        let path = self.nodes_prefix().join(format!("{node}.json"));
-        Ok(self
-            .storage
-            .get_opt(&path)
-            .await?
-            .and_then(|b| serde_json::from_slice::<Heartbeat>(&b).ok())
-            .map_or(0, |h| h.seen_at))
     }
 
     async fn standing(&self, e: &Episode, holder: Claim) -> Result<Standing, StorageError> {
@@ -586,7 +586,7 @@ impl Cluster {
         name: &str,
     ) -> Result<(), StorageError> {
         let path = self.episode_path(rule, fingerprint, n, name);
-        let body = format!("{{\"node\":{:?},\"at\":{}}}", self.node, now_nanos());
+        let body = serde_json::json!({ "node": self.node, "at": now_nanos() }).to_string();
         match self.storage.create(&path, Bytes::from(body)).await {
             Ok(()) | Err(StorageError::Exists { .. }) => Ok(()),
             Err(e) => Err(e),

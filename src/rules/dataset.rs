@@ -155,7 +155,7 @@ struct Rewrite<'a> {
     shift: i64,
     /// The values hashed, to hash them too where the expected decisions
     /// repeat them (an instance's labels, a host call's target).
-    seen: std::sync::Mutex<BTreeSet<String>>,
+    seen: std::cell::RefCell<BTreeSet<String>>,
 }
 
 fn hashed(value: &str) -> String {
@@ -228,9 +228,7 @@ impl Rewrite<'_> {
                     b.values().append_null();
                 } else if self.hash.iter().any(|h| h == key) {
                     let value = values.value(i);
-                    if let Ok(mut seen) = self.seen.lock() {
-                        seen.insert(value.to_owned());
-                    }
+                    self.seen.borrow_mut().insert(value.to_owned());
                     b.values().append_value(hashed(value));
                 } else {
                     b.values().append_value(values.value(i));
@@ -494,7 +492,7 @@ pub async fn capture(c: &Capture) -> Result<Captured, String> {
     };
     // A hashed value the rules turned into a label or a call's target is
     // hashed there too: the dataset's decisions see only hashes.
-    let seen = rewrite.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let seen = rewrite.seen.into_inner();
     let label = |value: &str| {
         if seen.contains(value) {
             hashed(value)

@@ -581,16 +581,8 @@ let = ;
         "good.toml",
         "sql = \"SELECT 1 AS n\"\n[action]\ninline = \"1\"\nk8s = [\"shop\"]\n",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
-        .args(["check", dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = crate::common::homeostat_cli(&["check", dir.path().to_str().unwrap()]);
+    assert!(!ok, "{text}");
     let file = dir.path().join("bad.toml");
     let file = file.display();
     for expected in [

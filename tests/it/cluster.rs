@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::post;
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt;
 
 use crate::actions::write;
-use crate::common::spans_now_json;
+use crate::common::{address_in, ready_line, spans_now_json};
 
 /// Leases short enough for a test, in the ratios the settings require.
 const CLUSTER: &str = r#"
@@ -118,23 +117,8 @@ async fn spawn(node: &str, dir: &Path, data: &str, env: &[(String, String)]) -> 
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    let ready = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("replica {node} exited before ready"));
-        if line.contains("homeostat is ready") {
-            break line;
-        }
-    };
-    let address = |key: &str| {
-        let at = ready.find(&format!("{key}=")).unwrap() + key.len() + 1;
-        ready[at..].split_whitespace().next().unwrap().to_owned()
-    };
-    let (api, otlp_http) = (address("api"), address("otlp_http"));
+    let (ready, mut lines) = ready_line(&mut child).await;
+    let (api, otlp_http) = (address_in(&ready, "api"), address_in(&ready, "otlp_http"));
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Replica {
         node: node.to_owned(),

@@ -227,16 +227,12 @@ pub fn spans_now_json(service: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Reads a starting `homeostat run`'s log until its ready line and returns
-/// the address it names for `what` (`api`, `otlp_http`, `otlp_grpc`), with
-/// the rest of the log.
-pub async fn ready_address(
-    child: &mut tokio::process::Child,
-    what: &str,
-) -> (
-    String,
-    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-) {
+/// The rest of a child's log, once its ready line was read.
+pub type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// Reads a starting `homeostat run`'s log until its ready line; returns
+/// that line (give it to [`address_in`]) and the rest of the log.
+pub async fn ready_line(child: &mut tokio::process::Child) -> (String, LogLines) {
     use tokio::io::AsyncBufReadExt;
     let stderr = child.stderr.take().expect("stderr piped");
     let mut lines = tokio::io::BufReader::new(stderr).lines();
@@ -247,25 +243,42 @@ pub async fn ready_address(
             .expect("log readable")
             .expect("homeostat exited before ready");
         if line.contains("homeostat is ready") {
-            let key = format!("{what}=");
-            let at = line.find(&key).expect("the address in the ready line") + key.len();
-            let address = line[at..].split_whitespace().next().expect("an address");
-            return (address.to_owned(), lines);
+            return (line, lines);
         }
     }
 }
 
-/// Runs the `homeostat` binary as a user would: whether it succeeded, and
-/// what it printed (standard output, then standard error).
-pub fn homeostat_cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
-        .args(args)
-        .output()
-        .unwrap();
+/// The address a ready line names for `what` (`api`, `otlp_http`,
+/// `otlp_grpc`).
+pub fn address_in(ready: &str, what: &str) -> String {
+    let key = format!("{what}=");
+    let at = ready.find(&key).expect("the address in the ready line") + key.len();
+    ready[at..]
+        .split_whitespace()
+        .next()
+        .expect("an address")
+        .to_owned()
+}
+
+/// [`ready_line`], and the address it names for `what`.
+pub async fn ready_address(child: &mut tokio::process::Child, what: &str) -> (String, LogLines) {
+    let (line, lines) = ready_line(child).await;
+    (address_in(&line, what), lines)
+}
+
+/// Runs a command to its end: whether it succeeded, and what it printed
+/// (standard output, then standard error).
+pub fn run(command: &mut std::process::Command) -> (bool, String) {
+    let out = command.output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Runs the `homeostat` binary as a user would.
+pub fn homeostat_cli(args: &[&str]) -> (bool, String) {
+    run(std::process::Command::new(env!("CARGO_BIN_EXE_homeostat")).args(args))
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::python;
+use crate::common::{homeostat_cli, python, run};
 
 const BIN: &str = env!("CARGO_BIN_EXE_homeostat");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -21,22 +21,11 @@ fn schema(kind: &str) -> String {
 
 /// Validates `files` against `schema`: Ok, or the validator's report.
 fn validate(schema: &Path, files: &[PathBuf]) -> Result<(), String> {
-    let out = Command::new(python())
+    let (ok, text) = run(Command::new(python())
         .args(["-m", "check_jsonschema", "--schemafile"])
         .arg(schema)
-        .args(files)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(text)
-    }
+        .args(files));
+    if ok { Ok(()) } else { Err(text) }
 }
 
 fn toml_files(dir: &Path, tests: bool, out: &mut Vec<PathBuf>) {
@@ -122,11 +111,7 @@ fn every_shipped_rule_test_and_dataset_validates_and_mistakes_do_not() {
         "sql = \"SELECT 1 AS x\"\nevry = \"5s\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", check.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (ok, text) = homeostat_cli(&["check", check.path().to_str().unwrap()]);
+    assert!(!ok, "{text}");
     assert!(text.contains("r.toml:2") && text.contains("evry"), "{text}");
 }

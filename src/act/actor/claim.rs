@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::evidence::alert_value;
-use super::{Actor, Prepared};
+use super::{Actor, Prepared, nanos};
 use crate::act::config::Trigger;
 use crate::act::policy::rfc3339;
 use crate::cluster::{Claim, ClaimRequest, Claimed, Standing};
@@ -49,10 +49,6 @@ fn request(d: &Decision, closed: Option<u64>, episode: Option<u64>) -> ClaimRequ
         closed,
         episode,
     }
-}
-
-fn nanos(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 impl Actor {
@@ -230,15 +226,6 @@ impl Actor {
             .entry(d.rule.clone())
             .or_default()
             .observe(d);
-    }
-
-    /// Gives back a concurrency slot taken for a run that does not happen.
-    fn release(&self, rule: &str) {
-        let mut state = self.state.lock();
-        state.running = state.running.saturating_sub(1);
-        if let Some(p) = state.policies.get_mut(rule) {
-            p.running = p.running.saturating_sub(1);
-        }
     }
 
     /// Once the result of a claimed run is durable, marks the episode

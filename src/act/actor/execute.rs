@@ -110,13 +110,7 @@ impl Actor {
         };
         let ended_at = started_at + nanos(started.elapsed());
         let now = self.clock.now().max(ended_at);
-        {
-            let mut state = self.state.lock();
-            state.running = state.running.saturating_sub(1);
-            if let Some(p) = state.policies.get_mut(&rule.name) {
-                p.running = p.running.saturating_sub(1);
-            }
-        }
+        self.release(&rule.name);
         let d = &mut prepared.decision;
         let run = d.run.as_mut().expect("set when started");
         run.ended_at = Some(ended_at);
@@ -216,6 +210,16 @@ impl Actor {
         self.ran();
     }
 
+    /// Gives back the concurrency slot a run took (it ended, or it does not
+    /// happen after all).
+    pub(super) fn release(&self, rule: &str) {
+        let mut state = self.state.lock();
+        state.running = state.running.saturating_sub(1);
+        if let Some(p) = state.policies.get_mut(rule) {
+            p.running = p.running.saturating_sub(1);
+        }
+    }
+
     /// A run ended and its result is queued for the log: [`Actor::idle`]
     /// may return once none is left.
     pub(super) fn ran(&self) {
@@ -236,13 +240,9 @@ impl Actor {
     /// The action does not run after all: its slot is given back, the
     /// episode may be acted on again, and the decision says why.
     pub(super) fn not_started(&self, mut prepared: Prepared, kind: &'static str, message: String) {
-        {
-            let mut state = self.state.lock();
-            state.running = state.running.saturating_sub(1);
-            if let Some(p) = state.policies.get_mut(&prepared.rule.name) {
-                p.running = p.running.saturating_sub(1);
-                p.forget(&prepared.decision);
-            }
+        self.release(&prepared.rule.name);
+        if let Some(p) = self.state.lock().policies.get_mut(&prepared.rule.name) {
+            p.forget(&prepared.decision);
         }
         let now = self.clock.now();
         let d = &mut prepared.decision;
