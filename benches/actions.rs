@@ -46,6 +46,9 @@ fn store() -> Arc<Store> {
         memory_budget: 4 << 30,
         retention: Duration::from_secs(3600),
         partition: Duration::from_secs(60),
+        max_age: std::time::Duration::MAX,
+        max_future: std::time::Duration::MAX,
+        flush_bytes: u64::MAX,
     }))
 }
 

@@ -123,6 +123,9 @@ fn store() -> Store {
         memory_budget: u64::MAX,
         retention: Duration::from_secs(3600),
         partition: Duration::from_secs(60),
+        max_age: std::time::Duration::MAX,
+        max_future: std::time::Duration::MAX,
+        flush_bytes: u64::MAX,
     })
 }
 

@@ -108,6 +108,15 @@ pub struct IngestConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// How accepted telemetry is kept until the archive has it: `fsync`
+    /// (on disk before the answer; survives a crash and a power loss),
+    /// `os` (handed to the operating system before the answer; survives a
+    /// crash of the process), `none` (memory only until the next flush).
+    pub durability: crate::store::wal::Durability,
+    /// Folder of the write-ahead log, on a local disk: by default
+    /// `wal/{node}` under `data` when that is a folder, and `./wal/{node}`
+    /// when `data` is an object store. One process per folder.
+    pub wal_dir: Option<PathBuf>,
 }
 
 /// `[web]`: the HTTP API and the dashboard, on the `api` address.
@@ -167,16 +176,26 @@ impl IngestConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Arrow memory all tables together may hold; when full, receivers ask
-    /// senders to retry later instead of growing.
+    /// Arrow memory all tables together may hold. When it is full, the
+    /// oldest rows already in the archive leave memory to make room (and are
+    /// read from the archive); only when it is full of rows the archive does
+    /// not have yet are senders asked to retry later.
     pub memory_budget: ByteSize,
     /// How long data stays in memory, counted from both its event time and
-    /// its arrival.
+    /// its arrival, when the budget allows; queries and rules read older
+    /// rows from the archive.
     #[serde(with = "crate::serde_duration")]
     pub retention: Duration,
     /// Width of the event-time partitions that queries prune by.
     #[serde(with = "crate::serde_duration")]
     pub partition: Duration,
+    /// Rows whose time is older than this are refused (OTLP partial
+    /// success, with the count and the reason).
+    #[serde(with = "crate::serde_duration")]
+    pub max_age: Duration,
+    /// Rows whose time is further in the future than this are refused.
+    #[serde(with = "crate::serde_duration")]
+    pub max_future: Duration,
 }
 
 /// `[query]`: SQL from the API and the CLI.
@@ -223,6 +242,8 @@ impl Default for IngestConfig {
             token_file: None,
             tls_cert: None,
             tls_key: None,
+            durability: Default::default(),
+            wal_dir: None,
         }
     }
 }
@@ -233,6 +254,8 @@ impl Default for StoreConfig {
             memory_budget: ByteSize::gib(1),
             retention: Duration::from_secs(3600),
             partition: Duration::from_secs(60),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_future: Duration::from_secs(600),
         }
     }
 }
@@ -316,6 +339,9 @@ impl Config {
         if self.store.retention < self.store.partition {
             return invalid("store.retention", "must be at least one partition long");
         }
+        if self.store.max_age < self.store.partition {
+            return invalid("store.max_age", "must be at least one partition long");
+        }
         if self.query.max_rows == 0 {
             return invalid("query.max_rows", "must be at least 1");
         }
@@ -379,11 +405,34 @@ impl Config {
     }
 
     pub fn store_options(&self) -> StoreOptions {
+        let budget = self.store.memory_budget.as_u64();
         StoreOptions {
-            memory_budget: self.store.memory_budget.as_u64(),
+            memory_budget: budget,
             retention: self.store.retention,
             partition: self.store.partition,
+            max_age: self.store.max_age,
+            max_future: self.store.max_future,
+            flush_bytes: (budget / 4).max(1),
         }
+    }
+
+    /// The write-ahead log's folder: `[ingest] wal_dir`, else `wal/{node}`
+    /// under a local `data` folder, else under the working folder;
+    /// `None` for in-memory storage (`memory://`), which nothing survives.
+    pub fn wal_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.ingest.wal_dir {
+            return Some(dir.clone());
+        }
+        if self.data.starts_with("memory://") {
+            return None;
+        }
+        if let Some(path) = self.data.strip_prefix("file://") {
+            return Some(PathBuf::from(path).join("wal").join(self.node_name()));
+        }
+        if self.data.contains("://") {
+            return Some(PathBuf::from("wal").join(self.node_name()));
+        }
+        Some(PathBuf::from(&self.data).join("wal").join(self.node_name()))
     }
 
     pub fn query_options(&self) -> QueryOptions {

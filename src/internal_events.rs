@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::ingest::Signal;
-use crate::store::{Expired, Store};
+use crate::store::Store;
 
 /// The front end a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,9 @@ pub struct Metrics {
     store_bytes: Family<TableLabels, Gauge>,
     store_rows: Family<TableLabels, Gauge>,
     store_budget: Gauge,
+    store_unflushed: Gauge,
+    store_evicted_rows: Family<TableLabels, Counter>,
+    wal: WalMetrics,
     queries: Family<OutcomeLabels, Counter>,
     rule_evaluations: Family<OutcomeLabels, Counter>,
     rule_evaluation_seconds: Histogram,
@@ -155,6 +158,9 @@ impl Metrics {
             store_bytes: Family::default(),
             store_rows: Family::default(),
             store_budget: Gauge::default(),
+            store_unflushed: Gauge::default(),
+            store_evicted_rows: Family::default(),
+            wal: WalMetrics::default(),
             queries: Family::default(),
             rule_evaluations: Family::default(),
             rule_evaluation_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -199,8 +205,18 @@ impl Metrics {
         );
         registry.register(
             "expired_rows",
-            "Rows dropped from memory by retention",
+            "Archived rows dropped from memory by retention",
             m.expired_rows.clone(),
+        );
+        registry.register(
+            "store_evicted_rows",
+            "Archived rows dropped from memory early to make room for new data (the memory budget was full)",
+            m.store_evicted_rows.clone(),
+        );
+        registry.register(
+            "store_unflushed_bytes",
+            "Arrow memory of rows not yet in the archive (the archive backlog; when it fills the budget, receivers answer retry-later)",
+            m.store_unflushed.clone(),
         );
         registry.register(
             "store_bytes",
@@ -325,6 +341,7 @@ impl Metrics {
             m.memory_failures.clone(),
         );
         m.archive.register(&mut registry);
+        m.wal.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -398,6 +415,16 @@ impl Metrics {
             self.store_rows.get_or_create(&labels).set(rows as i64);
         }
         self.store_budget.set(store.options().memory_budget as i64);
+        self.store_unflushed.set(store.unflushed_bytes() as i64);
+        for table in store.tables() {
+            let counter = self.store_evicted_rows.get_or_create(&TableLabels {
+                table: table.name(),
+            });
+            counter.inc_by(table.evicted_rows().saturating_sub(counter.get()));
+        }
+        if let Some(dir) = store.wal_dir() {
+            self.wal.observe(dir);
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -464,28 +491,30 @@ impl IngestRefused {
     }
 }
 
-/// Retention removed partitions from memory.
-pub struct PartitionsExpired<'a> {
+/// Retention removed archived partitions from memory.
+pub struct PartitionsExpired {
     pub table: &'static str,
-    pub expired: &'a Expired,
+    pub partitions: u64,
+    pub rows: u64,
+    pub bytes: u64,
 }
 
-impl PartitionsExpired<'_> {
+impl PartitionsExpired {
     pub fn emit(self, metrics: &Metrics) {
-        if self.expired.rows == 0 {
+        if self.rows == 0 {
             return;
         }
-        tracing::info!(
+        tracing::debug!(
             table = self.table,
-            partitions = self.expired.partitions,
-            rows = self.expired.rows,
-            bytes = self.expired.bytes,
-            "retention dropped partitions from memory"
+            partitions = self.partitions,
+            rows = self.rows,
+            bytes = self.bytes,
+            "retention dropped archived partitions from memory"
         );
         metrics
             .expired_rows
             .get_or_create(&TableLabels { table: self.table })
-            .inc_by(self.expired.rows);
+            .inc_by(self.rows);
     }
 }
 
@@ -740,14 +769,15 @@ struct KindLabels {
 }
 
 /// The archive's part of [`Metrics`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ArchiveMetrics {
     written_rows: Family<TableLabels, Counter>,
     written_bytes: Family<TableLabels, Counter>,
     written_files: Family<TableLabels, Counter>,
-    write_failures: Family<KindLabels, Counter>,
+    flushes: Counter,
+    flush_failures: Family<ErrorKindLabels, Counter>,
+    flush_seconds: Histogram,
     dropped_rows: Family<DroppedLabels, Counter>,
-    pending_bytes: Gauge,
     compacted_files: Family<TableLabels, Counter>,
     repaired_files: Family<TableLabels, Counter>,
     compaction_failures: Family<KindLabels, Counter>,
@@ -774,19 +804,24 @@ impl ArchiveMetrics {
             self.written_files.clone(),
         );
         registry.register(
-            "archive_write_failures",
-            "Hour files that could not be written, by table and error kind",
-            self.write_failures.clone(),
+            "archive_flushes",
+            "Flushes of memory's unarchived rows committed to the archive",
+            self.flushes.clone(),
+        );
+        registry.register(
+            "archive_flush_failures",
+            "Flushes that failed (their rows stay in memory for the next), by error kind",
+            self.flush_failures.clone(),
+        );
+        registry.register(
+            "archive_flush_seconds",
+            "Time a committed flush took",
+            self.flush_seconds.clone(),
         );
         registry.register(
             "archive_dropped_rows",
-            "Rows that left memory but were never archived, by reason (pending_full, unwritable, shutdown)",
+            "Rows that could not be encoded for the archive and were left out of a flush (unwritable)",
             self.dropped_rows.clone(),
-        );
-        registry.register(
-            "archive_pending_bytes",
-            "Arrow memory of batches waiting to be archived",
-            self.pending_bytes.clone(),
         );
         registry.register(
             "archive_compacted_files",
@@ -821,56 +856,66 @@ impl ArchiveMetrics {
     }
 }
 
-/// Telemetry was written to the archive.
-pub struct ArchiveWritten<'a> {
-    pub table: &'static str,
-    pub report: &'a crate::memory::archive::WriteReport,
-}
-
-impl ArchiveWritten<'_> {
-    pub fn emit(self, metrics: &Metrics) {
-        tracing::debug!(
-            table = self.table,
-            files = self.report.files.len(),
-            rows = self.report.rows,
-            bytes = self.report.bytes,
-            "telemetry archived"
-        );
-        let labels = TableLabels { table: self.table };
-        let m = &metrics.archive;
-        m.written_rows
-            .get_or_create(&labels)
-            .inc_by(self.report.rows);
-        m.written_bytes
-            .get_or_create(&labels)
-            .inc_by(self.report.bytes);
-        m.written_files
-            .get_or_create(&labels)
-            .inc_by(self.report.files.len() as u64);
+impl Default for ArchiveMetrics {
+    fn default() -> Self {
+        Self {
+            written_rows: Family::default(),
+            written_bytes: Family::default(),
+            written_files: Family::default(),
+            flushes: Counter::default(),
+            flush_failures: Family::default(),
+            flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            dropped_rows: Family::default(),
+            compacted_files: Family::default(),
+            repaired_files: Family::default(),
+            compaction_failures: Family::default(),
+            expired_partitions: Family::default(),
+            expired_bytes: Family::default(),
+            expiry_failures: Counter::default(),
+        }
     }
 }
 
-/// An hour's rows could not be written to the archive.
-pub struct ArchiveWriteFailed<'a> {
-    pub table: &'static str,
-    pub error: &'a crate::memory::archive::ArchiveError,
-    /// Whether the rows wait to be tried again.
-    pub retried: bool,
+/// A flush was committed to the archive.
+pub struct ArchiveFlushed<'a> {
+    pub report: &'a crate::memory::archive::FlushReport,
 }
 
-impl ArchiveWriteFailed<'_> {
+impl ArchiveFlushed<'_> {
     pub fn emit(self, metrics: &Metrics) {
-        tracing::warn!(
-            table = self.table,
-            error = %self.error,
-            retried = self.retried,
-            "archive write failed"
+        let r = self.report;
+        tracing::debug!(
+            flush = r.number,
+            files = r.files.len(),
+            rows = r.rows,
+            bytes = r.bytes,
+            elapsed = ?r.elapsed,
+            "flush committed to the archive"
         );
+        let m = &metrics.archive;
+        m.flushes.inc();
+        m.flush_seconds.observe(r.elapsed.as_secs_f64());
+        for f in &r.files {
+            let labels = TableLabels { table: f.table };
+            m.written_rows.get_or_create(&labels).inc_by(f.rows);
+            m.written_bytes.get_or_create(&labels).inc_by(f.bytes);
+            m.written_files.get_or_create(&labels).inc();
+        }
+    }
+}
+
+/// A flush failed: its rows stay in memory (and in the log) for the next.
+pub struct ArchiveFlushFailed<'a> {
+    pub error: &'a crate::memory::archive::ArchiveError,
+}
+
+impl ArchiveFlushFailed<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::warn!(error = %self.error, "archive flush failed; its rows stay in memory for the next attempt");
         metrics
             .archive
-            .write_failures
-            .get_or_create(&KindLabels {
-                table: self.table,
+            .flush_failures
+            .get_or_create(&ErrorKindLabels {
                 kind: self.error.kind(),
             })
             .inc();
@@ -881,7 +926,7 @@ impl ArchiveWriteFailed<'_> {
 pub struct ArchiveRowsDropped {
     pub table: &'static str,
     pub rows: u64,
-    /// `pending_full`, `unwritable` or `shutdown`.
+    /// `unwritable`.
     pub reason: &'static str,
 }
 
@@ -901,17 +946,6 @@ impl ArchiveRowsDropped {
                 reason: self.reason,
             })
             .inc_by(self.rows);
-    }
-}
-
-/// The memory held by batches waiting for the archive changed.
-pub struct ArchivePending {
-    pub bytes: u64,
-}
-
-impl ArchivePending {
-    pub fn emit(self, metrics: &Metrics) {
-        metrics.archive.pending_bytes.set(self.bytes as i64);
     }
 }
 
@@ -991,5 +1025,128 @@ impl ArchiveExpiryFailed<'_> {
     pub fn emit(self, metrics: &Metrics) {
         tracing::warn!(error = %self.error, "archive retention pass failed");
         metrics.archive.expiry_failures.inc();
+    }
+}
+
+/// The write-ahead log's part of [`Metrics`]: its writer's counters,
+/// copied at every scrape, and what the start replayed.
+#[derive(Debug, Default)]
+struct WalMetrics {
+    records: Counter,
+    bytes: Counter,
+    syncs: Counter,
+    failures: Counter,
+    segments_deleted: Counter,
+    disk_bytes: Gauge,
+    replayed_records: Counter,
+    replayed_rows: Counter,
+    cuts: Counter,
+    cut_bytes: Counter,
+}
+
+impl WalMetrics {
+    fn register(&self, registry: &mut Registry) {
+        for (name, help, counter) in [
+            (
+                "wal_records",
+                "Records written to the write-ahead log (one per accepted request)",
+                &self.records,
+            ),
+            (
+                "wal_bytes",
+                "Bytes written to the write-ahead log",
+                &self.bytes,
+            ),
+            (
+                "wal_syncs",
+                "fdatasync calls of the write-ahead log (one per group of concurrent requests)",
+                &self.syncs,
+            ),
+            (
+                "wal_failures",
+                "Groups of requests whose log write failed (answered retry-later)",
+                &self.failures,
+            ),
+            (
+                "wal_segments_deleted",
+                "Log segments deleted once the archive had their rows",
+                &self.segments_deleted,
+            ),
+            (
+                "wal_replayed_records",
+                "Records put back into memory from the log at start",
+                &self.replayed_records,
+            ),
+            (
+                "wal_replayed_rows",
+                "Rows put back into memory from the log at start",
+                &self.replayed_rows,
+            ),
+            (
+                "wal_cuts",
+                "Starts that found a torn or corrupt log tail and cut it",
+                &self.cuts,
+            ),
+            (
+                "wal_cut_bytes",
+                "Bytes of log cut at start as torn or corrupt",
+                &self.cut_bytes,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "wal_disk_bytes",
+            "Bytes of write-ahead log segments on disk",
+            self.disk_bytes.clone(),
+        );
+    }
+
+    fn observe(&self, dir: &crate::store::wal::Dir) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = dir.stats();
+        let copy = |c: &Counter, v: u64| {
+            c.inc_by(v.saturating_sub(c.get()));
+        };
+        copy(&self.records, stats.records.load(Relaxed));
+        copy(&self.bytes, stats.bytes.load(Relaxed));
+        copy(&self.syncs, stats.syncs.load(Relaxed));
+        copy(&self.failures, stats.failures.load(Relaxed));
+        copy(&self.segments_deleted, stats.segments_deleted.load(Relaxed));
+        self.disk_bytes.set(dir.size() as i64);
+    }
+}
+
+/// The start put the log's records back into memory.
+pub struct WalReplayed<'a> {
+    pub dir: &'a std::path::Path,
+    pub replayed: &'a crate::store::wal::Replayed,
+}
+
+impl WalReplayed<'_> {
+    pub fn emit(self, metrics: &Metrics) {
+        let r = self.replayed;
+        if let Some((segment, offset, reason, bytes)) = &r.cut {
+            tracing::error!(
+                segment = %segment.display(),
+                offset,
+                reason = %reason,
+                bytes_cut = bytes,
+                "the write-ahead log had a torn or corrupt tail: cut at the first bad record"
+            );
+            metrics.wal.cuts.inc();
+            metrics.wal.cut_bytes.inc_by(*bytes);
+        }
+        tracing::info!(
+            dir = %self.dir.display(),
+            segments = r.segments,
+            records = r.records,
+            rows = r.rows,
+            bytes = r.bytes,
+            elapsed = ?r.elapsed,
+            "write-ahead log replayed"
+        );
+        metrics.wal.replayed_records.inc_by(r.records);
+        metrics.wal.replayed_rows.inc_by(r.rows);
     }
 }

@@ -197,6 +197,10 @@ struct RunArgs {
     /// replica [default: the host name].
     #[arg(long, visible_alias = "node-id", env = "HOMEOSTAT_NODE")]
     node: Option<String>,
+    /// Local folder of the write-ahead log [default: wal/NODE under the
+    /// data folder, or under the working folder when --data is a URL].
+    #[arg(long, value_name = "DIR")]
+    wal_dir: Option<PathBuf>,
     /// Serve the API on a non-loopback address without a token, because
     /// something in front of it (a proxy, a network policy) controls access.
     #[arg(long)]
@@ -312,6 +316,9 @@ fn resolve_config(args: RunArgs) -> Result<Config> {
     }
     if let Some(n) = args.node {
         config.node = n;
+    }
+    if let Some(w) = args.wal_dir {
+        config.ingest.wal_dir = Some(w);
     }
     config.insecure_api = args.insecure_api;
     Ok(config)

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::act::actor::{Actor, Clock, TraceSink};
+use crate::api::gate::Gate;
 use crate::api::{self, ApiState};
 use crate::cluster::Cluster;
 use crate::cluster::follow::{Follower, Views};
@@ -18,14 +19,15 @@ use crate::config::{Config, ConfigError};
 use crate::decisions::DecisionLog;
 use crate::decisions::export::Exporter;
 use crate::decisions::memory::Facts;
-use crate::ingest::{self, Ingester, now_nanos};
-use crate::internal_events::Metrics;
-use crate::memory::archive::Archive;
+use crate::ingest::{self, Ingester, Signal, now_nanos};
+use crate::internal_events::{Metrics, WalReplayed};
+use crate::memory::archive::{Archive, Flusher};
 use crate::memory::{Memory, MemoryError, Storage};
 use crate::query::QueryEngine;
 use crate::rules::RuleEngine;
 use crate::rules::engine::Executor;
 use crate::store::Store;
+use crate::store::wal::{Dir, Durability};
 
 /// Why an instance could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,8 @@ pub enum ServerError {
     Memory(Box<MemoryError>),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
+    #[error(transparent)]
+    Wal(#[from] crate::store::wal::WalError),
 }
 
 impl From<MemoryError> for ServerError {
@@ -82,7 +86,10 @@ pub struct Running {
     pub memory: Memory,
     /// How long a graceful stop waits for running actions.
     grace: std::time::Duration,
-    archive: Arc<Archive>,
+    /// Writes memory's rows to the archive; the last flush is at the stop.
+    flusher: Arc<Flusher>,
+    /// Set once the receivers listen.
+    ready: Arc<AtomicBool>,
     /// The threads rules are evaluated on; stopped with the instance.
     _executor: Executor,
     /// Watches the rules folder while the instance runs.
@@ -145,8 +152,126 @@ pub async fn start_with_env(
     let otlp_http = local(&http_listener, "OTLP/HTTP", config.otlp_http)?;
     let api = local(&api_listener, "the API", config.api)?;
 
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    // The API listens first, behind a gate: `/livez` answers during recovery,
+    // `/readyz` and the rest once it is done.
+    let gate = Gate::default();
+    tasks.spawn(serve_http(
+        "API",
+        api_listener,
+        gate.router(),
+        api_tls.clone(),
+        shutdown.clone(),
+    ));
+    let recovered = recover(&config, tokens, otlp_pem, &gate, &shutdown, &mut tasks).await;
+    let (mut running, otlp) = match recovered {
+        Ok(r) => r,
+        Err(e) => {
+            shutdown.cancel();
+            return Err(e);
+        }
+    };
+    // Receivers open last: what the log held is back in memory, and the
+    // rules and actions run, before the first new request is taken.
+    tasks.spawn(serve_grpc(
+        grpc_listener,
+        otlp.ingester.clone(),
+        otlp.max_request,
+        ingest::grpc::Access {
+            token: otlp.token.clone(),
+            tls_pem: otlp.pem,
+        },
+        shutdown.clone(),
+    ));
+    let otlp_router = ingest::http::router(otlp.ingester, otlp.max_request, otlp.token);
+    tasks.spawn(serve_http(
+        "OTLP/HTTP",
+        http_listener,
+        otlp_router,
+        otlp_tls,
+        shutdown.clone(),
+    ));
+    gate.open(otlp.api_router);
+    running.ready.store(true, Ordering::Release);
+    running.otlp_grpc = otlp_grpc;
+    running.otlp_http = otlp_http;
+    running.api = api;
+    running.tasks = tasks;
+    running.shutdown = shutdown;
+    tracing::info!(%otlp_grpc, %otlp_http, %api, "homeostat is ready");
+    Ok(running)
+}
+
+/// What the receivers need once recovery is done.
+struct Receivers {
+    ingester: Ingester,
+    max_request: usize,
+    token: Option<crate::auth::Token>,
+    pem: Option<(Vec<u8>, Vec<u8>)>,
+    api_router: axum::Router,
+}
+
+/// Everything between binding the listeners and opening the receivers:
+/// the storage, the telemetry the log held, the memory, the rules and the
+/// actor; the tasks that run them are spawned into `tasks`.
+async fn recover(
+    config: &Config,
+    tokens: crate::config::Tokens,
+    otlp_pem: Option<(Vec<u8>, Vec<u8>)>,
+    gate: &Gate,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<Result<(), ServerError>>,
+) -> Result<(Running, Receivers), ServerError> {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    gate.phase("opening the storage");
+    let node = config.node_name();
     let store = Arc::new(Store::new(config.store_options()));
     let metrics = Arc::new(Metrics::new());
+    let storage = Storage::open(&config.data).map_err(MemoryError::from)?;
+    let archive = Arc::new(Archive::new(
+        storage.clone(),
+        &node,
+        config.archive.clone(),
+    )?);
+    store.set_cold(archive.clone());
+    let wal_dir = match config.wal_dir() {
+        Some(path) => {
+            let dir = tokio::task::spawn_blocking(move || Dir::open(&path))
+                .await
+                .map_err(|e| ServerError::Serve {
+                    what: "the write-ahead log",
+                    message: e.to_string(),
+                })??;
+            Some(Arc::new(dir))
+        }
+        None => None,
+    };
+    bound_memory(config, &store, &archive, wal_dir.as_deref()).await?;
+    let flusher = Arc::new(Flusher::new(
+        archive.clone(),
+        store.clone(),
+        wal_dir.clone(),
+        metrics.clone(),
+    )?);
+    if let Some(dir) = &wal_dir {
+        gate.phase("replaying the write-ahead log");
+        let (replaying, into) = (dir.clone(), store.clone());
+        let replayed = tokio::task::spawn_blocking(move || replaying.replay(&into))
+            .await
+            .map_err(|e| ServerError::Serve {
+                what: "the write-ahead log",
+                message: e.to_string(),
+            })??;
+        WalReplayed {
+            dir: dir.path(),
+            replayed: &replayed,
+        }
+        .emit(&metrics);
+        if config.ingest.durability != Durability::None {
+            store.start_wal(dir.clone(), config.ingest.durability, replayed.next_lsn)?;
+        }
+    }
     let engine = QueryEngine::new(&store, config.query_options())?;
     let ingester = Ingester::new(store.clone(), metrics.clone(), config.ingest.retry_after);
     let max_request =
@@ -156,18 +281,19 @@ pub async fn start_with_env(
         .clone()
         .with_env(|name| std::env::var(name).ok())?;
     export.validate()?;
-    let node = config.node_name();
-    let storage = Storage::open(&config.data).map_err(MemoryError::from)?;
+
+    gate.phase("loading the memory");
     let (memory, loaded) = Memory::open(storage, &node, store.memory_index().clone()).await?;
     let cluster = Arc::new(Cluster::new(
         memory.storage.clone(),
         &node,
-        api.to_string(),
+        config.api.to_string(),
         config.cluster.clone(),
     ));
     // Alive before it claims anything: a claim of a node without a
     // heartbeat is taken for a dead node's.
     cluster.beat().await.map_err(MemoryError::from)?;
+    gate.phase("loading the rules");
     let rules = Arc::new(RuleEngine::with_action_limits(
         config.rules.clone(),
         &store,
@@ -188,8 +314,6 @@ pub async fn start_with_env(
         None
     };
     let ready = Arc::new(AtomicBool::new(false));
-    let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
     let exporter = export
         .endpoint
         .is_some()
@@ -210,6 +334,7 @@ pub async fn start_with_env(
         .with_journal(memory.journal.clone())
         .with_cluster(cluster.clone()),
     );
+    gate.phase("restoring alerts and actions");
     // The other replicas' decisions, as they stood when this one started.
     let mut others: Vec<crate::decisions::Decision> = loaded
         .chains
@@ -269,24 +394,6 @@ pub async fn start_with_env(
         Ok(())
     });
 
-    tasks.spawn(serve_grpc(
-        grpc_listener,
-        ingester.clone(),
-        max_request,
-        ingest::grpc::Access {
-            token: tokens.otlp.clone(),
-            tls_pem: otlp_pem,
-        },
-        shutdown.clone(),
-    ));
-    let otlp_router = ingest::http::router(ingester, max_request, tokens.otlp);
-    tasks.spawn(serve_http(
-        "OTLP/HTTP",
-        http_listener,
-        otlp_router,
-        otlp_tls,
-        shutdown.clone(),
-    ));
     let tokens_api_set = tokens.api.is_some();
     let api_router = api::router(ApiState {
         engine: engine.clone(),
@@ -305,30 +412,22 @@ pub async fn start_with_env(
             started_at: now_nanos(),
             trace_url: config.web.trace_url.clone(),
             auth: tokens_api_set,
-            tls: api_tls.is_some(),
+            tls: config.web.tls_cert.is_some(),
             decisions_kept: crate::decisions::DECISIONS_KEPT,
         }),
         shutdown: shutdown.clone(),
         allowed_hosts: Arc::new(config.web.allowed_hosts.clone()),
     });
-    tasks.spawn(serve_http(
-        "API",
-        api_listener,
-        api_router,
-        api_tls,
-        shutdown.clone(),
-    ));
-    // Telemetry leaving memory goes to the archive; at shutdown, all of it.
-    let archive = Arc::new(Archive::new(
-        memory.storage.clone(),
-        &node,
-        config.archive.clone(),
-    )?);
-    let archiving = archive
-        .clone()
-        .run(store.clone(), metrics.clone(), shutdown.clone());
+    // Memory's rows go to the archive as they come (flushes), and leave
+    // memory once archived (retention, budget).
+    let (flushing, token) = (flusher.clone(), shutdown.clone());
     tasks.spawn(async move {
-        archiving.await;
+        flushing.run(token).await;
+        Ok(())
+    });
+    let maintaining = archive.clone().maintain(metrics.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        maintaining.await;
         Ok(())
     });
     let executor = Executor::new(std::thread::available_parallelism().map_or(2, usize::from))
@@ -343,14 +442,10 @@ pub async fn start_with_env(
         reloader.reload_loop(token).await;
         Ok(())
     });
-
-    // Every listener is bound and served: connections are accepted from here on.
-    ready.store(true, Ordering::Release);
-    tracing::info!(%otlp_grpc, %otlp_http, %api, "homeostat is ready");
-    Ok(Running {
-        otlp_grpc,
-        otlp_http,
-        api,
+    let running = Running {
+        otlp_grpc: any,
+        otlp_http: any,
+        api: any,
         store,
         engine,
         metrics,
@@ -359,12 +454,63 @@ pub async fn start_with_env(
         exporter,
         memory,
         grace: config.actions.timeout,
-        archive,
+        flusher,
+        ready,
         _executor: executor,
         _watcher: watcher,
-        shutdown,
-        tasks,
-    })
+        shutdown: shutdown.clone(),
+        tasks: JoinSet::new(),
+    };
+    let receivers = Receivers {
+        ingester,
+        max_request,
+        token: tokens.otlp,
+        pem: otlp_pem,
+        api_router,
+    };
+    Ok((running, receivers))
+}
+
+/// After a restart, rows older than what memory holds whole may be in the
+/// archive: per table, times up to the newest row any committed flush
+/// wrote. A new log folder knows nothing of earlier flushes: if the archive
+/// has files of the table, every time up to `max_future` from now may be
+/// there (remembered in the folder's checkpoint from then on).
+async fn bound_memory(
+    config: &Config,
+    store: &Store,
+    archive: &Archive,
+    dir: Option<&Dir>,
+) -> Result<(), ServerError> {
+    let checkpoint = dir.and_then(Dir::checkpoint);
+    let fresh = dir.is_none_or(Dir::is_fresh);
+    let horizon = now_nanos()
+        .saturating_add(i64::try_from(config.store.max_future.as_nanos()).unwrap_or(i64::MAX));
+    let mut remembered = checkpoint.clone();
+    for signal in Signal::ALL {
+        let known = checkpoint
+            .as_ref()
+            .and_then(|c| c.max_times.get(signal.table()).copied());
+        let from = match known {
+            Some(t) => Some(t),
+            None if fresh && archive.has_files(signal).await? => {
+                if let Some(c) = remembered.as_mut() {
+                    c.max_times.insert(signal.table().to_owned(), horizon);
+                }
+                Some(horizon)
+            }
+            None => None,
+        };
+        if let Some(t) = from {
+            store.set_complete_from(signal, t);
+        }
+    }
+    if let (Some(dir), Some(c)) = (dir, remembered)
+        && Some(&c) != checkpoint.as_ref()
+    {
+        dir.write_checkpoint(&c)?;
+    }
+    Ok(())
 }
 
 async fn serve_grpc(
@@ -505,15 +651,23 @@ impl Running {
         {
             tracing::warn!(grace = ?self.grace, "actions still running at shutdown: a restart will mark them interrupted");
         }
-        // Requests in flight when the stop began, and the actions' last
-        // spans, were stored after the archive's own drain: archived too.
-        for expired in self.store.drain() {
-            if expired.batches.is_empty() {
-                continue;
+        // What memory holds and the archive does not goes out last, once
+        // nothing comes in any more; what cannot (the storage is down) stays
+        // in the write-ahead log for the next start.
+        if !self.flusher.final_flush(3).await {
+            tracing::warn!(
+                unarchived_bytes = self.store.unflushed_bytes(),
+                "telemetry not archived at the stop: the write-ahead log keeps it for the next start"
+            );
+        }
+        let store = self.store.clone();
+        let closing = tokio::task::spawn_blocking(move || {
+            if let Some(wal) = store.wal() {
+                wal.close();
             }
-            if let Err(e) = self.archive.write(expired.table, expired.batches).await {
-                tracing::error!(table = expired.table, error = %e, "telemetry stored during shutdown was not archived");
-            }
+        });
+        if let Err(e) = closing.await {
+            tracing::error!(error = %e, "the write-ahead log did not close cleanly");
         }
         self.memory.journal.flush().await;
         result

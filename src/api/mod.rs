@@ -5,6 +5,7 @@ pub mod access;
 mod dashboard;
 mod decisions;
 pub mod events;
+pub mod gate;
 mod rules;
 
 use std::sync::Arc;

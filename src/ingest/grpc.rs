@@ -74,22 +74,29 @@ impl tonic::service::Interceptor for Guard {
 }
 
 impl Receiver {
-    fn export<R: ExportRequest>(
+    async fn export<R: ExportRequest>(
         &self,
         request: Request<R>,
     ) -> Result<Response<R::Response>, Status> {
         self.ingester
             .check_capacity(R::SIGNAL, Transport::Grpc)
-            .and_then(|()| self.ingester.export(request.get_ref(), Transport::Grpc))
+            .map_err(to_status)?;
+        self.ingester
+            .export(request.get_ref(), Transport::Grpc)
+            .await
             .map(Response::new)
             .map_err(to_status)
     }
 }
 
-/// OTLP/gRPC says: UNAVAILABLE is retryable, and the client backs off.
+/// OTLP/gRPC says: UNAVAILABLE is retryable, and the client backs off;
+/// RESOURCE_EXHAUSTED without retry information is not retried.
 fn to_status(e: IngestError) -> Status {
     match e {
-        IngestError::Full { .. } | IngestError::Busy { .. } => Status::unavailable(e.to_string()),
+        IngestError::Full { .. } | IngestError::Busy { .. } | IngestError::Unavailable { .. } => {
+            Status::unavailable(e.to_string())
+        }
+        IngestError::TooLarge(_) => Status::resource_exhausted(e.to_string()),
         IngestError::Internal { .. } => Status::internal(e.to_string()),
     }
 }
@@ -100,7 +107,7 @@ impl TraceService for Receiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        Receiver::export(self, request)
+        Receiver::export(self, request).await
     }
 }
 
@@ -110,7 +117,7 @@ impl MetricsService for Receiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        Receiver::export(self, request)
+        Receiver::export(self, request).await
     }
 }
 
@@ -120,7 +127,7 @@ impl LogsService for Receiver {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        Receiver::export(self, request)
+        Receiver::export(self, request).await
     }
 }
 

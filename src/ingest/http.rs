@@ -89,6 +89,8 @@ struct Refusal {
     reason: &'static str,
     message: String,
     retry_after: Option<Duration>,
+    /// Counted already, by the ingester.
+    counted: bool,
 }
 
 impl Refusal {
@@ -98,20 +100,31 @@ impl Refusal {
             reason,
             message: message.into(),
             retry_after: None,
+            counted: false,
         }
     }
 
     fn from_ingest(e: IngestError) -> Self {
-        match e {
+        let reason = e.reason();
+        let refusal = match e {
             IngestError::Full { retry_after, .. } | IngestError::Busy { retry_after } => Self {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                reason: "memory_budget",
-                message: e.to_string(),
                 retry_after: Some(retry_after),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, reason, e.to_string())
             },
-            IngestError::Internal { .. } => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            IngestError::Unavailable { retry_after, .. } => Self {
+                retry_after: Some(retry_after),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, reason, e.to_string())
+            },
+            IngestError::TooLarge(_) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, reason, e.to_string())
             }
+            IngestError::Internal { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, reason, e.to_string())
+            }
+        };
+        Self {
+            counted: true,
+            ..refusal
         }
     }
 
@@ -195,8 +208,8 @@ fn refuse<R: ExportRequest>(
     refusal: Refusal,
     encoding: Option<Encoding>,
 ) -> Response {
-    // Budget refusals are counted where they happen, in the ingester.
-    if refusal.reason != "memory_budget" {
+    // The ingester's refusals are counted where they happen.
+    if !refusal.counted {
         IngestRefused {
             signal: R::SIGNAL,
             transport: Transport::Http,
@@ -247,6 +260,7 @@ async fn receive<R: ExportRequest>(
     state
         .ingester
         .export(&request, Transport::Http)
+        .await
         .map_err(Refusal::from_ingest)
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Both transports share the same decisions, so they answer alike:
 //! the budget check before decoding, partial success for items the
-//! converters reject, and "retry later" when the store is full.
+//! converters reject and rows whose time the store refuses, "retry later"
+//! when memory is full of rows the archive does not have yet, and an answer
+//! only once what was accepted is in the write-ahead log.
 
 pub mod convert;
 pub mod grpc;
@@ -152,21 +154,43 @@ impl ExportRequest for ExportLogsServiceRequest {
 /// Why a request was not (wholly) accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// The memory budget is full: the sender should retry after the delay.
+    /// Memory is full of rows the archive does not have yet: the sender
+    /// should retry after the delay.
     #[error("{source}; retry after {}", humantime::format_duration(*retry_after))]
     Full {
         source: StoreError,
         retry_after: Duration,
     },
-    /// The memory budget is full before decoding anything.
-    #[error("memory budget full; retry after {}", humantime::format_duration(*retry_after))]
+    /// The same, found before decoding anything.
+    #[error("memory budget full of telemetry not yet archived; retry after {}", humantime::format_duration(*retry_after))]
     Busy { retry_after: Duration },
+    /// The request alone needs more memory than the whole budget.
+    #[error("{0}")]
+    TooLarge(StoreError),
+    /// The write-ahead log failed: nothing of the request was kept.
+    #[error("{source}; retry after {}", humantime::format_duration(*retry_after))]
+    Unavailable {
+        source: StoreError,
+        retry_after: Duration,
+    },
     /// A converter bug or an Arrow invariant: not the sender's fault.
     #[error("internal error converting {signal} to Arrow: {source}")]
     Internal {
         signal: &'static str,
         source: ArrowError,
     },
+}
+
+impl IngestError {
+    /// The label requests refused for this reason are counted under.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Full { .. } | IngestError::Busy { .. } => "archive_backlog",
+            IngestError::TooLarge(_) => "too_large",
+            IngestError::Unavailable { .. } => "wal",
+            IngestError::Internal { .. } => "internal",
+        }
+    }
 }
 
 /// Converts decoded requests and stores them, counting what happens.
@@ -192,23 +216,29 @@ impl Ingester {
 
     /// Refuses early, before a request is decoded, when nothing more fits.
     pub fn check_capacity(&self, signal: Signal, transport: Transport) -> Result<(), IngestError> {
-        if self.store.is_full() {
-            IngestRefused {
-                signal,
-                transport,
-                reason: "memory_budget",
-            }
-            .emit(&self.metrics);
-            return Err(IngestError::Busy {
+        if !self.store.has_room() {
+            let e = IngestError::Busy {
                 retry_after: self.retry_after,
-            });
+            };
+            self.refused(signal, transport, &e);
+            return Err(e);
         }
         Ok(())
     }
 
-    /// Converts and stores one request; the reply carries the items the
-    /// converter rejected.
-    pub fn export<R: ExportRequest>(
+    fn refused(&self, signal: Signal, transport: Transport, e: &IngestError) {
+        IngestRefused {
+            signal,
+            transport,
+            reason: e.reason(),
+        }
+        .emit(&self.metrics);
+    }
+
+    /// Converts and stores one request, durably before it answers; the
+    /// reply carries the items the converter rejected and the rows whose
+    /// time the store refused.
+    pub async fn export<R: ExportRequest>(
         &self,
         request: &R,
         transport: Transport,
@@ -218,29 +248,47 @@ impl Ingester {
                 signal: R::SIGNAL.name(),
                 source,
             })?;
-        let accepted = batch.num_rows();
-        self.store
-            .insert(R::SIGNAL, batch, now_nanos())
-            .map_err(|source| {
-                IngestRefused {
-                    signal: R::SIGNAL,
-                    transport,
-                    reason: "memory_budget",
-                }
-                .emit(&self.metrics);
-                IngestError::Full {
+        let now = now_nanos();
+        let admitted = self.store.admit(R::SIGNAL, batch, now);
+        let (accepted, refused) = (admitted.rows, admitted.refused);
+        let mut message = rejected.message();
+        if let Some(reason) = &admitted.reason {
+            if !message.is_empty() {
+                message.push_str("; ");
+            }
+            message.push_str(reason);
+        }
+        let failed = |e: IngestError| {
+            self.refused(R::SIGNAL, transport, &e);
+            e
+        };
+        let reservation = self.store.reserve(admitted.bytes).map_err(|source| {
+            failed(match source {
+                StoreError::TooLarge { .. } => IngestError::TooLarge(source),
+                _ => IngestError::Full {
                     source,
                     retry_after: self.retry_after,
-                }
+                },
+            })
+        })?;
+        self.store
+            .append(R::SIGNAL, admitted, reservation, now)
+            .await
+            .map_err(|source| {
+                failed(IngestError::Unavailable {
+                    source,
+                    retry_after: self.retry_after,
+                })
             })?;
+        let rejected_total = rejected.count + refused as i64;
         BatchIngested {
             signal: R::SIGNAL,
             transport,
-            accepted: accepted as u64,
-            rejected: rejected.count as u64,
+            accepted,
+            rejected: rejected_total as u64,
         }
         .emit(&self.metrics);
-        Ok(R::response(rejected.count, rejected.message()))
+        Ok(R::response(rejected_total, message))
     }
 }
 

@@ -45,11 +45,14 @@
 
 mod codec;
 mod config;
+pub mod flush;
 mod layout;
+mod read;
 mod run;
 mod table;
 
 pub use config::{ArchiveConfig, TableRetention};
+pub use flush::{FlushReport, FlushedFile, Flusher};
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashSet};
@@ -66,7 +69,6 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt as _};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 
 use super::storage::{Storage, StorageError};
 use crate::ingest::{Signal, now_nanos};
@@ -74,7 +76,6 @@ use codec::{
     decode_files, encode_blocking, sorting_column, split_by_hour, time_column, time_order,
 };
 use layout::{FileName, Hour, parse_date};
-use run::Pending;
 
 /// The folder every table's partitions live under.
 pub const PREFIX: &str = "archive";
@@ -113,6 +114,9 @@ pub enum ArchiveError {
     Decode { path: String, source: ParquetError },
     #[error("archive storage: {0}")]
     Storage(#[from] StorageError),
+    /// The local side of a flush: the write-ahead log's folder, a task.
+    #[error("{0}")]
+    Io(String),
 }
 
 impl ArchiveError {
@@ -122,7 +126,7 @@ impl ArchiveError {
             ArchiveError::Config { .. }
             | ArchiveError::Node { .. }
             | ArchiveError::UnknownTable { .. } => "user",
-            ArchiveError::Storage(_) => "external",
+            ArchiveError::Storage(_) | ArchiveError::Io(_) => "external",
             ArchiveError::Batch { .. }
             | ArchiveError::Encode { .. }
             | ArchiveError::Decode { .. } => "internal",
@@ -134,6 +138,7 @@ impl ArchiveError {
         matches!(
             self,
             ArchiveError::Storage(StorageError::Store { .. } | StorageError::Sync { .. })
+                | ArchiveError::Io(_)
         )
     }
 }
@@ -202,8 +207,11 @@ pub struct Archive {
     dirty: Mutex<HashSet<(Signal, Hour)>>,
     /// Whether a compaction pass has looked at every partition since start.
     scanned: AtomicBool,
-    pending: Mutex<Pending>,
-    wake: Notify,
+    /// The epoch of this node's flush files (the log folder's), and the
+    /// last committed flush: files of later flushes are being written, or
+    /// were abandoned, and are neither read nor merged.
+    epoch: AtomicU64,
+    committed: AtomicU64,
 }
 
 impl Archive {
@@ -237,8 +245,8 @@ impl Archive {
             seq: AtomicU64::new(0),
             dirty: Mutex::new(HashSet::new()),
             scanned: AtomicBool::new(false),
-            pending: Mutex::new(Pending::default()),
-            wake: Notify::new(),
+            epoch: AtomicU64::new(0),
+            committed: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -252,6 +260,34 @@ impl Archive {
 
     pub fn config(&self) -> &ArchiveConfig {
         &self.config
+    }
+
+    /// Which of this node's flush files count: those of `epoch` up to flush
+    /// `committed` (see [`Flusher`]).
+    pub fn set_flushes(&self, epoch: u64, committed: u64) {
+        self.epoch.store(epoch, Ordering::Release);
+        self.committed.store(committed, Ordering::Release);
+    }
+
+    /// Whether the archive has any file of `signal`'s table (one listing of
+    /// its date folders).
+    pub async fn has_files(&self, signal: Signal) -> Result<bool, ArchiveError> {
+        Ok(!self
+            .storage
+            .folders(&self.table_path(signal))
+            .await?
+            .is_empty())
+    }
+
+    /// Whether a file of this node counts as written: not one of a flush
+    /// after `committed` in this epoch.
+    fn committed_file(&self, name: &FileName<'_>, committed: u64) -> bool {
+        match name.flush {
+            Some((epoch, flush)) => {
+                epoch != self.epoch.load(Ordering::Acquire) || flush <= committed
+            }
+            None => true,
+        }
     }
 
     /// Writes `batches` of `table`, one Parquet file per UTC hour of their
@@ -472,12 +508,15 @@ impl Archive {
         hour: Hour,
         objects: Vec<ObjectMeta>,
     ) -> Result<Option<Compaction>, ArchiveError> {
+        let committed = self.committed.load(Ordering::Acquire);
         let own: Vec<(ObjectMeta, bool)> = objects
             .into_iter()
             .filter_map(|meta| {
                 let name = FileName::parse(meta.location.filename()?)?;
                 let merged = name.merged;
-                (name.node == self.node).then_some((meta, merged))
+                // A flush still writing (or abandoned) is not merged.
+                (name.node == self.node && self.committed_file(&name, committed))
+                    .then_some((meta, merged))
             })
             .collect();
         if own.len() < 2 {
@@ -688,13 +727,6 @@ fn nanos(d: Duration) -> i64 {
 
 fn rows(batches: &[RecordBatch]) -> u64 {
     batches.iter().map(|b| b.num_rows() as u64).sum()
-}
-
-fn memory(batches: &[RecordBatch]) -> u64 {
-    batches
-        .iter()
-        .map(|b| b.get_array_memory_size() as u64)
-        .sum()
 }
 
 /// Groups of at least two files whose Parquet bytes together stay under

@@ -128,6 +128,9 @@ pub async fn replay(
         memory_budget: MEMORY_BUDGET,
         retention: Duration::from_secs(100 * 365 * 24 * 3600),
         partition: Duration::from_secs(60),
+        max_age: std::time::Duration::MAX,
+        max_future: std::time::Duration::MAX,
+        flush_bytes: u64::MAX,
     }));
     let metrics = Arc::new(Metrics::new());
     let engine = RuleEngine::new(rules_dir.to_owned(), &store, metrics.clone())

@@ -346,6 +346,9 @@ pub async fn capture(c: &Capture) -> Result<Captured, String> {
         memory_budget: 1 << 20,
         retention: Duration::from_secs(3600),
         partition: Duration::from_secs(60),
+        max_age: std::time::Duration::MAX,
+        max_future: std::time::Duration::MAX,
+        flush_bytes: u64::MAX,
     }));
     let engine = RuleEngine::new(c.rules_dir.clone(), &store, Arc::new(Metrics::new()))
         .map_err(|e| format!("cannot set up the rule engine: {e}"))?;

@@ -239,6 +239,9 @@ mod tests {
             memory_budget: u64::MAX,
             retention: Duration::from_secs(3600),
             partition: Duration::from_secs(3600),
+            max_age: std::time::Duration::MAX,
+            max_future: std::time::Duration::MAX,
+            flush_bytes: u64::MAX,
         });
         // One partition holds rows on both sides of each window edge.
         let now = 1_000 * S;

@@ -33,6 +33,9 @@ pub async fn check(dir: &std::path::Path) -> (usize, Vec<RuleError>) {
         memory_budget: 0,
         retention: std::time::Duration::from_secs(3600),
         partition: std::time::Duration::from_secs(60),
+        max_age: std::time::Duration::MAX,
+        max_future: std::time::Duration::MAX,
+        flush_bytes: u64::MAX,
     });
     let planner = match RulePlanner::new(&store) {
         Ok(p) => p,

@@ -390,6 +390,9 @@ async fn run_case(
         memory_budget: u64::MAX,
         retention: Duration::from_secs(365 * 24 * 3600),
         partition: Duration::from_secs(60),
+        max_age: std::time::Duration::MAX,
+        max_future: std::time::Duration::MAX,
+        flush_bytes: u64::MAX,
     });
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::new());

@@ -1,9 +1,10 @@
-//! The store's tables as DataFusion `TableProvider`s.
+//! The store's tables as DataFusion `TableProvider`s: memory and, for the
+//! times memory no longer holds whole, the archive, as one table.
 //!
 //! Comparisons of the table's time column with constants (`start_time >=
 //! now() - INTERVAL '5 minutes'`, `BETWEEN`, `AND` of those) are taken as
-//! inexact filters: they select the partitions to scan, and DataFusion still
-//! applies them row by row.
+//! inexact filters: they select the partitions (and archive hours) to scan,
+//! and DataFusion still applies them row by row.
 
 use std::sync::Arc;
 
@@ -18,7 +19,12 @@ use datafusion::common::{Result, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr as PhysicalBinary, Column, Literal};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::union::UnionExec;
 
 use super::{Table, TimeRange};
 use crate::ingest::convert::common::TIME_ZONE;
@@ -91,22 +97,133 @@ impl TableProvider for StoreTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let range = self.scan_range(filters);
-        if self.range == TimeRange::ALL {
-            let batches = self.table.batches(range);
-            return memory_exec(&self.table, batches, state, projection.cloned());
-        }
-        // A restricted table (a rule's window) must not show the rows of the
-        // partitions it reads that fall outside its range. Partitions wholly
-        // inside are read as they are; only the (at most two) partitions that
-        // straddle an end of the window are filtered, here, once.
-        let (mut batches, straddling) = self.table.batches_within(range);
-        for batch in straddling {
-            let kept = restrict(&batch, self.table.time_column_index(), self.range)?;
-            if kept.num_rows() > 0 {
-                batches.push(kept);
+        let snapshot = self.table.snapshot(range);
+        let mut batches = snapshot.batches;
+        if self.range != TimeRange::ALL {
+            // A restricted table (a rule's window) must not show the rows of
+            // the partitions it reads that fall outside its range. Partitions
+            // wholly inside are read as they are; only the (at most two)
+            // partitions that straddle an end of the window are filtered,
+            // here, once.
+            let straddling = batches.split_off(snapshot.inside);
+            for batch in straddling {
+                let kept = restrict(&batch, self.table.time_column_index(), self.range)?;
+                if kept.num_rows() > 0 {
+                    batches.push(kept);
+                }
             }
         }
-        memory_exec(&self.table, batches, state, projection.cloned())
+        let memory = memory_exec(&self.table, batches, state, projection.cloned())?;
+        let Some(below) = snapshot.archive_below else {
+            return Ok(memory);
+        };
+        let cold_range = range.intersect(TimeRange {
+            start: None,
+            end: Some(below),
+        });
+        let Some(cold) = self.table.cold().filter(|_| !cold_range.is_empty()) else {
+            return Ok(memory);
+        };
+        let Some(archived) = self
+            .cold_scan(
+                cold.as_ref(),
+                state,
+                cold_range,
+                snapshot.committed_flush,
+                projection,
+            )
+            .await?
+        else {
+            return Ok(memory);
+        };
+        UnionExec::try_new(vec![memory, archived])
+    }
+}
+
+impl StoreTable {
+    /// The archive's rows of `range` (exactly those: files hold whole hours),
+    /// with the columns of `projection`.
+    async fn cold_scan(
+        &self,
+        cold: &dyn super::ColdTier,
+        state: &dyn Session,
+        range: TimeRange,
+        committed_flush: u64,
+        projection: Option<&Vec<usize>>,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let time = self.table.time_column_index();
+        // The time column is read whether asked for or not, to filter by.
+        let mut columns: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.table.schema().fields().len()).collect(),
+        };
+        let added = !columns.contains(&time);
+        if added {
+            columns.push(time);
+        }
+        let time_at = columns
+            .iter()
+            .position(|&c| c == time)
+            .expect("the time column was just added if missing");
+        let Some(plan) = cold
+            .scan(
+                state,
+                self.table.signal(),
+                range,
+                committed_flush,
+                Some(&columns),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let schema = plan.schema();
+        let column: Arc<dyn PhysicalExpr> =
+            Arc::new(Column::new(schema.field(time_at).name(), time_at));
+        let bound = |v: i64| -> Arc<dyn PhysicalExpr> {
+            Arc::new(Literal::new(ScalarValue::TimestampNanosecond(
+                Some(v),
+                Some(TIME_ZONE.into()),
+            )))
+        };
+        let mut predicate: Option<Arc<dyn PhysicalExpr>> = None;
+        let mut conjoin = |e: Arc<dyn PhysicalExpr>| {
+            predicate = Some(match predicate.take() {
+                Some(p) => Arc::new(PhysicalBinary::new(p, Operator::And, e)),
+                None => e,
+            });
+        };
+        if let Some(start) = range.start {
+            conjoin(Arc::new(PhysicalBinary::new(
+                column.clone(),
+                Operator::GtEq,
+                bound(start),
+            )));
+        }
+        if let Some(end) = range.end {
+            conjoin(Arc::new(PhysicalBinary::new(
+                column,
+                Operator::Lt,
+                bound(end),
+            )));
+        }
+        let mut plan = match predicate {
+            Some(p) => Arc::new(FilterExec::try_new(p, plan)?) as Arc<dyn ExecutionPlan>,
+            None => plan,
+        };
+        if added {
+            let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = (0..columns.len() - 1)
+                .map(|i| {
+                    let name = schema.field(i).name().clone();
+                    (
+                        Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                        name,
+                    )
+                })
+                .collect();
+            plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+        }
+        Ok(Some(plan))
     }
 }
 

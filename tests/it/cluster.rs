@@ -108,6 +108,8 @@ async fn spawn(node: &str, dir: &Path, data: &str, env: &[(String, String)]) -> 
             "127.0.0.1:0",
         ])
         .args(["--api", "127.0.0.1:0", "--node-id", node, "--data", data])
+        .arg("--wal-dir")
+        .arg(dir.join("wal").join(node))
         .arg("--config")
         .arg(dir.join("homeostat.toml"))
         .arg("--rules")

@@ -50,12 +50,16 @@ async fn send(h: &Instance, service: &str) {
     assert!(r.status().is_success(), "{}", r.status());
 }
 
-async fn start_on(rules: &Path, data: &str) -> Instance {
-    let (rules, data) = (rules.to_owned(), data.to_owned());
+/// An instance on `rules` and `data` whose write-ahead log is in `wal` (a
+/// temporary folder of the test's, not the working folder an object-store
+/// `data` would put it in).
+async fn start_on(rules: &Path, data: &str, wal: &Path) -> Instance {
+    let (rules, data, wal) = (rules.to_owned(), data.to_owned(), wal.to_owned());
     start_with(move |c| {
         c.rules = rules;
         c.data = data;
         c.node = "test-node".into();
+        c.ingest.wal_dir = Some(wal);
     })
     .await
 }
@@ -71,12 +75,13 @@ async fn stop(mut h: Instance) {
 pub async fn restart_during_cooldown(data: &str) {
     let hook = webhook().await;
     let rules = tempfile::tempdir().unwrap();
+    let wal = tempfile::tempdir().unwrap();
     write(
         rules.path(),
         "cooling.toml",
         &rule("cooling", &hook.url, "cooldown = \"1h\""),
     );
-    let h = start_on(rules.path(), data).await;
+    let h = start_on(rules.path(), data, wal.path()).await;
     send(&h, "cooling").await;
     let first = decision(&h, "that ran", |d| {
         d.run
@@ -93,7 +98,7 @@ pub async fn restart_during_cooldown(data: &str) {
         "watch.toml",
         "every = \"1s\"\nwindow = \"1m\"\nsql = \"SELECT rule FROM decisions WHERE verdict = 'suppressed' GROUP BY rule\"\n",
     );
-    let h = start_on(rules.path(), data).await;
+    let h = start_on(rules.path(), data, wal.path()).await;
     let mut watch = h.running.rules.subscribe();
     let restored = h.running.actor.log().get(&first.id).expect("restored");
     assert_eq!(restored.run.unwrap().status, RunStatus::Succeeded);
@@ -210,7 +215,8 @@ if n == () {{ http::post("{hook}hang", #{{}}) }} else {{ http::post("{hook}hook"
             hook = hook.url
         );
         write(rules.path(), "frozen.toml", &hanging);
-        let first = start_on(rules.path(), &data).await;
+        let first_wal = tempfile::tempdir().unwrap();
+        let first = start_on(rules.path(), &data, first_wal.path()).await;
         send(&first, "frozen").await;
         let running = decision(&first, "running", |d| {
             d.run
@@ -224,9 +230,19 @@ if n == () {{ http::post("{hook}hang", #{{}}) }} else {{ http::post("{hook}hook"
             .expect("the first run reaches the hanging remote");
         // Frozen: its script waits forever; stopped, it writes nothing
         // more. A new process takes over its storage (what a restart after
-        // kill -9 is).
+        // kill -9 is; its write-ahead log is its own, as the frozen one
+        // still holds the first's).
         first.running.shutdown();
-        let second = start_on(rules.path(), &data).await;
+        let wal = tempfile::tempdir().unwrap();
+        let (rules_dir, data_dir, wal_dir) =
+            (rules.path().to_owned(), data.clone(), wal.path().to_owned());
+        let second = start_with(move |c| {
+            c.rules = rules_dir;
+            c.data = data_dir;
+            c.node = "test-node".into();
+            c.ingest.wal_dir = Some(wal_dir);
+        })
+        .await;
         let after = decision(&second, "restored", |d| {
             d.id == running.id
                 && d.run
@@ -261,6 +277,7 @@ fn homeostat() -> tokio::process::Command {
 async fn spawn_binary(
     rules: &Path,
     data: &str,
+    wal: &Path,
     env: &[(String, String)],
 ) -> (tokio::process::Child, String) {
     let mut child = homeostat()
@@ -275,6 +292,8 @@ async fn spawn_binary(
         .args(["--api", "127.0.0.1:0", "--node", "crash", "--rules"])
         .arg(rules)
         .args(["--data", data])
+        .arg("--wal-dir")
+        .arg(wal)
         .env("HOMEOSTAT_LOG", "info")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -355,6 +374,7 @@ async fn crash_trials(data: &str, env: &[(String, String)]) {
     const TRIALS: u64 = 20;
     let hook = webhook().await;
     let rules = tempfile::tempdir().unwrap();
+    let wal = tempfile::tempdir().unwrap();
     let data = data.to_owned();
     // The remote answers slowly, so that some kills land mid-run.
     let text = rule("crash-%", &hook.url, "").replace("hook\", #{", "slow\", #{");
@@ -370,15 +390,18 @@ async fn crash_trials(data: &str, env: &[(String, String)]) {
     };
     let mut interrupted = 0;
     for trial in 0..=TRIALS {
-        let (mut child, http) = spawn_binary(rules.path(), &data, env).await;
-        // What the last kill left, as the restarted process sees it.
-        let decisions = stored(&data).await;
+        let (mut child, http) = spawn_binary(rules.path(), &data, wal.path(), env).await;
+        // What the remote saw, then what the memory holds: an action's
+        // intent is durable before its call, so every call seen is there
+        // (the restarted process may act meanwhile, on the telemetry its
+        // log gave back).
         let seen: Vec<String> = hook
             .bodies
             .lock()
             .iter()
             .map(|b| b["decision"].as_str().unwrap().to_owned())
             .collect();
+        let decisions = stored(&data).await;
         let unique: HashSet<&String> = seen.iter().collect();
         assert_eq!(unique.len(), seen.len(), "an action ran twice: {seen:?}");
         let mut episodes = HashSet::new();
@@ -445,6 +468,7 @@ async fn crash_trials(data: &str, env: &[(String, String)]) {
 async fn tampering_is_found_and_named() {
     let hook = webhook().await;
     let rules = tempfile::tempdir().unwrap();
+    let wal = tempfile::tempdir().unwrap();
     write(
         rules.path(),
         "tamper.toml",
@@ -452,7 +476,7 @@ async fn tampering_is_found_and_named() {
     );
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let h = start_on(rules.path(), data).await;
+    let h = start_on(rules.path(), data, wal.path()).await;
     for service in ["tamper-a", "tamper-b"] {
         send(&h, service).await;
         decision(&h, service, |d| {
@@ -581,6 +605,7 @@ async fn a_replay_reproduces_the_record_and_shows_a_changed_threshold() {
         &threshold_rule(&hook.url, 3),
     );
     let changed = tempfile::tempdir().unwrap();
+    let wal = tempfile::tempdir().unwrap();
     write(
         changed.path(),
         "threshold.toml",
@@ -589,7 +614,7 @@ async fn a_replay_reproduces_the_record_and_shows_a_changed_threshold() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
 
-    let h = start_on(deployed.path(), data).await;
+    let h = start_on(deployed.path(), data, wal.path()).await;
     // replay-a: 6 spans; replay-b: 3.
     send(&h, "replay-a").await;
     send(&h, "replay-a").await;
@@ -723,11 +748,12 @@ async fn a_replay_reproduces_the_record_and_shows_a_changed_threshold() {
 async fn a_graceful_stop_waits_for_running_actions() {
     let hook = webhook().await;
     let rules = tempfile::tempdir().unwrap();
+    let wal = tempfile::tempdir().unwrap();
     let text = rule("graceful", &hook.url, "").replace("hook\", #{", "slow\", #{");
     write(rules.path(), "graceful.toml", &text);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let h = start_on(rules.path(), data).await;
+    let h = start_on(rules.path(), data, wal.path()).await;
     send(&h, "graceful").await;
     let running = decision(&h, "running", |d| {
         d.run

@@ -43,6 +43,9 @@ impl Sim {
             memory_budget: u64::MAX,
             retention: std::time::Duration::from_secs(365 * 24 * 3600),
             partition: std::time::Duration::from_secs(60),
+            max_age: std::time::Duration::MAX,
+            max_future: std::time::Duration::MAX,
+            flush_bytes: u64::MAX,
         }));
         let metrics = Arc::new(Metrics::new());
         let engine =

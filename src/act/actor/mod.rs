@@ -79,9 +79,12 @@ impl TraceSink {
                 resource_spans: vec![resource],
             };
             let n = request.resource_spans[0].scope_spans[0].spans.len();
+            // Through the log like any telemetry, not waited for: the
+            // decision itself is durable in the memory already.
             let stored = request.convert().map_err(|e| e.to_string()).and_then(|c| {
                 store
-                    .insert(Signal::Traces, c.batch, now)
+                    .append_batch(Signal::Traces, c.batch, now)
+                    .map(drop)
                     .map_err(|e| e.to_string())
             });
             if let Err(error) = stored {

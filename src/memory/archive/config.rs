@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 use super::{ArchiveError, signal_of};
@@ -22,9 +21,12 @@ pub struct ArchiveConfig {
     /// long ago: late data still arriving lands in new files meanwhile.
     #[serde(with = "crate::serde_duration")]
     pub compact_after: Duration,
-    /// Memory that batches waiting for the storage (when it fails) may hold;
-    /// what does not fit is dropped and counted, never queued without bound.
-    pub max_pending: ByteSize,
+    /// How often rows in memory are written to the archive: what a lost
+    /// node takes with it (with its disk, and so its write-ahead log) is at
+    /// most this much recent telemetry. Flushes also run as soon as
+    /// unarchived rows fill a quarter of the memory budget.
+    #[serde(with = "crate::serde_duration")]
+    pub flush_interval: Duration,
 }
 
 /// `[archive.tables.<table>]`: one table's own retention.
@@ -42,7 +44,7 @@ impl Default for ArchiveConfig {
             retention: Duration::from_secs(90 * 24 * 3600),
             tables: BTreeMap::new(),
             compact_after: Duration::from_secs(3600),
-            max_pending: ByteSize::mib(256),
+            flush_interval: Duration::from_secs(60),
         }
     }
 }
@@ -58,6 +60,9 @@ impl ArchiveConfig {
         };
         if self.retention.is_zero() {
             return invalid("archive.retention".into(), "must be longer than 0s");
+        }
+        if self.flush_interval.is_zero() {
+            return invalid("archive.flush_interval".into(), "must be longer than 0s");
         }
         for (table, t) in &self.tables {
             if signal_of(table).is_none() {

@@ -83,10 +83,14 @@ pub(super) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// A file name of the archive layout: `{node}-{offset}_{w|m}….parquet`.
+/// A file name of the archive layout: `{node}-{offset}_{w|m|f}….parquet`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct FileName<'a> {
     pub(super) node: &'a str,
     pub(super) merged: bool,
+    /// For a flush's file (`_f{epoch:016x}_{flush}_{n}`): its log folder's
+    /// epoch and the flush's number.
+    pub(super) flush: Option<(u64, u64)>,
 }
 
 impl<'a> FileName<'a> {
@@ -98,13 +102,50 @@ impl<'a> FileName<'a> {
         if node.is_empty() || offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        match tag.as_bytes().first()? {
-            b'w' => Some(FileName {
+        let file = |merged, flush| {
+            Some(FileName {
                 node,
-                merged: false,
-            }),
-            b'm' => Some(FileName { node, merged: true }),
+                merged,
+                flush,
+            })
+        };
+        match tag.as_bytes().first()? {
+            b'w' => file(false, None),
+            b'm' => file(true, None),
+            b'f' => {
+                let mut fields = tag[1..].split('_');
+                let epoch = u64::from_str_radix(fields.next()?, 16).ok()?;
+                let flush = fields.next()?.parse().ok()?;
+                fields.next()?.parse::<u64>().ok()?;
+                file(false, Some((epoch, flush)))
+            }
             _ => None,
         }
+    }
+}
+
+/// The name of the `n`-th file of flush `flush` of the log folder `epoch`.
+pub(super) fn flush_file_name(node: &str, offset: i64, epoch: u64, flush: u64, n: usize) -> String {
+    format!("{node}-{offset:013}_f{epoch:016x}_{flush:010}_{n}.parquet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_say_who_wrote_them_and_how() {
+        let w = FileName::parse("node-a-0000000000005_w00000000000000ff_3.parquet").unwrap();
+        assert_eq!((w.node, w.merged, w.flush), ("node-a", false, None));
+        let m = FileName::parse("n-0000000000000_mabcdef.parquet").unwrap();
+        assert!(m.merged);
+        let name = flush_file_name("n-1", 42, 0xdead, 7, 2);
+        let f = FileName::parse(&name).unwrap();
+        assert_eq!(
+            (f.node, f.merged, f.flush),
+            ("n-1", false, Some((0xdead, 7)))
+        );
+        assert!(FileName::parse("n-0000000000000_fzz_1_2.parquet").is_none());
+        assert!(FileName::parse("n-0000000000000_x.parquet").is_none());
     }
 }

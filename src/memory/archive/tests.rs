@@ -3,20 +3,17 @@ use std::sync::Arc;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::Int64Type;
-use bytesize::ByteSize;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::Compression;
 use datafusion::prelude::SessionContext;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue as Attribute, any_value};
-use tokio_util::sync::CancellationToken;
 
 use super::layout::{civil_from_days, days_from_civil};
-use super::run::Step;
 use super::*;
 use crate::ingest::convert;
 use crate::ingest::convert::spans::spans_at;
 use crate::internal_events::Metrics;
-use crate::store::{Expired, Store};
+use crate::store::{Store, StoreTable};
 
 const SECOND: i64 = 1_000_000_000;
 const MINUTE: i64 = 60 * SECOND;
@@ -619,91 +616,187 @@ fn hours_and_names_read_back() {
     }
 }
 
-#[tokio::test]
-async fn shutdown_archives_what_memory_held() {
-    let store = Arc::new(Store::new(crate::store::StoreOptions {
-        memory_budget: u64::MAX,
-        retention: Duration::from_secs(60),
+fn store(budget: u64) -> Arc<Store> {
+    Arc::new(Store::new(crate::store::StoreOptions {
+        memory_budget: budget,
+        retention: Duration::from_secs(3600),
         partition: Duration::from_secs(60),
-    }));
+        max_age: Duration::MAX,
+        max_future: Duration::MAX,
+        flush_bytes: u64::MAX,
+    }))
+}
+
+/// The live tables of `store` (memory, and the archive below what memory
+/// holds whole), as the query API sees them.
+fn live(store: &Store) -> SessionContext {
+    let ctx = SessionContext::new();
+    for table in store.tables() {
+        ctx.register_table(table.name(), Arc::new(StoreTable::new(table.clone())))
+            .unwrap();
+    }
+    ctx
+}
+
+/// A store whose scans read `archive`, the flusher between them, and the
+/// log folder under `dir`.
+fn flushing(
+    storage: &Storage,
+    wal: &std::path::Path,
+    budget: u64,
+) -> (Arc<Store>, Arc<Archive>, Flusher, Arc<Metrics>) {
+    let store = store(budget);
+    let a = Arc::new(archive(storage, "n"));
+    store.set_cold(a.clone());
+    let dir = Arc::new(crate::store::wal::Dir::open(wal).unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let flusher = Flusher::new(a.clone(), store.clone(), Some(dir), metrics.clone()).unwrap();
+    (store, a, flusher, metrics)
+}
+
+#[tokio::test]
+async fn flushed_rows_leave_memory_and_every_row_is_read_once() {
+    let (tmp, storage) = local();
+    let wal = tempfile::tempdir().unwrap();
+    let one = spans_at(&[H22]).get_array_memory_size() as u64;
+    let (store, _a, flusher, metrics) = flushing(&storage, wal.path(), 3 * one);
+    // A minute each, all in one hour.
+    for m in 0..3 {
+        store
+            .insert(Signal::Traces, spans_at(&[H22 + m * MINUTE]), 0)
+            .unwrap();
+    }
+    let ctx = live(&store);
+    assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 3);
+    let report = flusher.flush().await.unwrap().unwrap();
+    assert_eq!((report.rows, report.files.len()), (3, 1));
+    assert!(report.files[0].name.contains("_f"), "{report:?}");
+    // Archived, still in memory: read once.
+    assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 3);
+    // The budget is full: new minutes push the oldest out of memory, which
+    // are then read from the archive.
+    for m in 3..6 {
+        store
+            .insert(Signal::Traces, spans_at(&[H22 + m * MINUTE]), 0)
+            .unwrap();
+    }
+    assert_eq!(store.table(Signal::Traces).usage().1, 3);
+    assert_eq!(store.table(Signal::Traces).evicted_rows(), 3);
+    assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 6);
+    // A late row for an evicted minute: from memory until flushed, then
+    // from the archive.
+    flusher.flush().await.unwrap().unwrap();
+    store
+        .insert(Signal::Traces, spans_at(&[H22 + MINUTE + 1]), 0)
+        .unwrap();
+    assert_eq!(
+        store.table(Signal::Traces).complete_from(),
+        H22 + 4 * MINUTE
+    );
+    assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 7);
+    flusher.flush().await.unwrap().unwrap();
+    assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 7);
+    assert_eq!(
+        count(
+            &ctx,
+            &format!(
+                "SELECT count(*) FROM spans WHERE start_time < to_timestamp_nanos({})",
+                H22 + 2 * MINUTE
+            )
+        )
+        .await,
+        3
+    );
+    // The archive alone holds every row once too.
+    let offline = SessionContext::new();
+    archive(&storage, "query").register(&offline).await.unwrap();
+    assert_eq!(count(&offline, "SELECT count(*) FROM spans").await, 7);
+    let text = metrics.render(&store);
+    assert!(
+        text.contains("homeostat_archive_written_rows_total{table=\"spans\"} 7"),
+        "{text}"
+    );
+    drop(tmp);
+}
+
+#[tokio::test]
+async fn a_failed_flush_keeps_its_rows_and_leaves_no_file_behind() {
+    let (tmp, storage) = local();
+    let wal = tempfile::tempdir().unwrap();
+    let (store, _a, flusher, metrics) = flushing(&storage, wal.path(), u64::MAX);
+    store
+        .insert(Signal::Traces, spans_at(&[H22, H22 + 1]), 0)
+        .unwrap();
+    store.insert(Signal::Logs, logs_at(&[H22]), 0).unwrap();
+    // The spans file is written, then the logs folder is in the way.
+    std::fs::create_dir_all(tmp.path().join(PREFIX)).unwrap();
+    std::fs::write(tmp.path().join(PREFIX).join("logs"), b"in the way").unwrap();
+    let e = flusher.flush().await.unwrap_err();
+    assert!(e.retryable(), "{e}");
+    assert_eq!(files(&storage, "archive/spans").await.len(), 1);
+    // Not committed: scans do not read it, memory still does.
+    let ctx = live(&store);
+    assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 2);
+    assert!(store.unflushed_bytes() > 0);
+    std::fs::remove_file(tmp.path().join(PREFIX).join("logs")).unwrap();
+    let report = flusher.flush().await.unwrap().unwrap();
+    assert_eq!(report.rows, 3);
+    // The failed flush's file went before the new one committed.
+    assert_eq!(files(&storage, "archive/spans").await.len(), 1);
+    let offline = SessionContext::new();
+    archive(&storage, "query").register(&offline).await.unwrap();
+    assert_eq!(count(&offline, "SELECT count(*) FROM spans").await, 2);
+    assert_eq!(count(&offline, "SELECT count(*) FROM logs").await, 1);
+    let text = metrics.render(&store);
+    assert!(
+        text.contains("homeostat_archive_flush_failures_total{kind=\"external\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_mid_flush_is_undone_at_the_next_start() {
+    let (tmp, storage) = local();
+    let wal = tempfile::tempdir().unwrap();
+    {
+        let (store, _a, flusher, _) = flushing(&storage, wal.path(), u64::MAX);
+        store.insert(Signal::Traces, spans_at(&[H22]), 0).unwrap();
+        store.insert(Signal::Logs, logs_at(&[H22]), 0).unwrap();
+        std::fs::create_dir_all(tmp.path().join(PREFIX)).unwrap();
+        std::fs::write(tmp.path().join(PREFIX).join("logs"), b"in the way").unwrap();
+        flusher.flush().await.unwrap_err();
+        // The process dies here: its intent and the spans file remain.
+    }
+    std::fs::remove_file(tmp.path().join(PREFIX).join("logs")).unwrap();
+    assert_eq!(files(&storage, "archive/spans").await.len(), 1);
+    let (store, _a, flusher, _) = flushing(&storage, wal.path(), u64::MAX);
+    // Before anything is collected, the uncommitted file is not read.
+    let ctx = live(&store);
+    store.set_complete_from(Signal::Traces, H22 + MINUTE);
+    assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 0);
+    // The first flush deletes it.
+    assert_eq!(flusher.flush().await.unwrap(), None);
+    assert!(files(&storage, "archive/spans").await.is_empty());
+}
+
+#[tokio::test]
+async fn the_final_flush_archives_what_memory_held() {
+    let storage = Storage::in_memory();
+    let store = store(u64::MAX);
+    let a = Arc::new(archive(&storage, "n"));
+    store.set_cold(a.clone());
+    let metrics = Arc::new(Metrics::new());
+    let flusher = Flusher::new(a.clone(), store.clone(), None, metrics.clone()).unwrap();
     let now = now_nanos();
-    // Long expired, and still in memory.
     store
         .insert(Signal::Traces, spans_at(&[H22, H22 + 1]), 0)
         .unwrap();
     store.insert(Signal::Traces, spans_at(&[now]), now).unwrap();
     store.insert(Signal::Logs, logs_at(&[now]), now).unwrap();
-    let storage = Storage::in_memory();
-    let a = Arc::new(archive(&storage, "n"));
-    let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
-    shutdown.cancel();
-    a.clone()
-        .run(store.clone(), metrics.clone(), shutdown)
-        .await;
-
-    assert_eq!(store.used_bytes(), 0);
+    assert!(flusher.final_flush(3).await);
+    assert_eq!(store.unflushed_bytes(), 0);
     let ctx = SessionContext::new();
     a.register(&ctx).await.unwrap();
     assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 3);
     assert_eq!(count(&ctx, "SELECT count(*) FROM logs").await, 1);
-    let text = metrics.render(&store);
-    assert!(
-        text.contains("homeostat_archive_written_rows_total{table=\"spans\"} 3"),
-        "{text}"
-    );
-    assert!(text.contains("homeostat_archive_pending_bytes 0"), "{text}");
-}
-
-#[tokio::test]
-async fn a_failing_store_gets_a_bounded_buffer_and_a_retry() {
-    let (dir, storage) = local();
-    // A file where the archive folder should be: every write fails.
-    let blocker = dir.path().join(PREFIX);
-    std::fs::write(&blocker, b"in the way").unwrap();
-    let batch = spans_at(&[H22 + MINUTE, H22 + 2 * MINUTE]);
-    let config = ArchiveConfig {
-        max_pending: ByteSize::b(batch.get_array_memory_size() as u64),
-        ..ArchiveConfig::default()
-    };
-    let a = Archive::new(storage.clone(), "n", config).unwrap();
-    let metrics = Metrics::new();
-    let expired = |batch: &RecordBatch| Expired {
-        table: "spans",
-        batches: vec![batch.clone()],
-        ..Expired::default()
-    };
-    a.enqueue(expired(&batch), true, &metrics);
-    a.enqueue(expired(&batch), true, &metrics);
-    assert_eq!(a.pending.lock().items.len(), 1, "the second does not fit");
-
-    assert_eq!(a.write_next(&metrics, false).await, Step::Failed);
-    assert_eq!(a.pending.lock().items.len(), 1, "kept for the next attempt");
-
-    std::fs::remove_file(&blocker).unwrap();
-    assert_eq!(a.write_next(&metrics, false).await, Step::Done);
-    assert_eq!(a.write_next(&metrics, false).await, Step::Idle);
-    assert_eq!(files(&storage, PREFIX).await.len(), 1);
-
-    // Failing again while shutting down: dropped and counted, not kept.
-    std::fs::remove_dir_all(&blocker).unwrap();
-    std::fs::write(&blocker, b"in the way").unwrap();
-    a.enqueue(expired(&batch), true, &metrics);
-    assert_eq!(a.write_next(&metrics, true).await, Step::Failed);
-    assert!(a.pending.lock().items.is_empty());
-
-    let store = Store::new(crate::store::StoreOptions {
-        memory_budget: 1,
-        retention: Duration::from_secs(60),
-        partition: Duration::from_secs(60),
-    });
-    let text = metrics.render(&store);
-    for line in [
-        "homeostat_archive_dropped_rows_total{table=\"spans\",reason=\"pending_full\"} 2",
-        "homeostat_archive_dropped_rows_total{table=\"spans\",reason=\"shutdown\"} 2",
-        "homeostat_archive_written_rows_total{table=\"spans\"} 2",
-        "homeostat_archive_write_failures_total{table=\"spans\",kind=\"external\"} 2",
-    ] {
-        assert!(text.contains(line), "{line} in\n{text}");
-    }
 }
