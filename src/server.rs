@@ -254,6 +254,9 @@ async fn recover(
         wal_dir.clone(),
         metrics.clone(),
     )?);
+    // The previous process's last signs of life: its last logged request,
+    // its last journal entry, its last heartbeat.
+    let mut down: Option<i64> = None;
     if let Some(dir) = &wal_dir {
         gate.phase("replaying the write-ahead log");
         let (replaying, into) = (dir.clone(), store.clone());
@@ -268,6 +271,7 @@ async fn recover(
             replayed: &replayed,
         }
         .emit(&metrics);
+        down = down.max(replayed.last_written_at);
         if config.ingest.durability != Durability::None {
             store.start_wal(dir.clone(), config.ingest.durability, replayed.next_lsn)?;
         }
@@ -290,6 +294,14 @@ async fn recover(
         config.api.to_string(),
         config.cluster.clone(),
     ));
+    let previous = cluster.own_heartbeat().await.map_err(MemoryError::from)?;
+    down = down.max(previous.map(|h| h.seen_at)).max(
+        loaded
+            .chains
+            .get(&node)
+            .and_then(|c| c.last())
+            .map(|e| e.entry.written_at),
+    );
     // Alive before it claims anything: a claim of a node without a
     // heartbeat is taken for a dead node's.
     cluster.beat().await.map_err(MemoryError::from)?;
@@ -370,6 +382,9 @@ async fn recover(
         rerun = restored.rerun,
         "memory loaded"
     );
+    if let Some(down) = down {
+        rules.seen_until(down);
+    }
     let follower = Follower::new(memory.storage.clone(), &node, &loaded);
     drop(loaded);
     let views = Views {
@@ -430,6 +445,11 @@ async fn recover(
         maintaining.await;
         Ok(())
     });
+    // Rules hold their instances until their windows are past the time
+    // nothing was taken (the receivers open right after this).
+    if let Some(down) = down {
+        rules.set_outage(down, now_nanos());
+    }
     let executor = Executor::new(std::thread::available_parallelism().map_or(2, usize::from))
         .map_err(|source| ServerError::Executor { source })?;
     let (scheduler, token, handle) = (rules.clone(), shutdown.clone(), executor.handle());

@@ -267,6 +267,17 @@ impl Cluster {
         self.storage.replace(&path, Bytes::from(bytes)).await
     }
 
+    /// This node's heartbeat as the storage holds it: before the first
+    /// [`Cluster::beat`], the previous process's last sign of life.
+    pub async fn own_heartbeat(&self) -> Result<Option<Heartbeat>, StorageError> {
+        let path = self.nodes_prefix().join(format!("{}.json", self.node));
+        Ok(self
+            .storage
+            .get_opt(&path)
+            .await?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
     /// Every node's last heartbeat, read from the storage now.
     pub async fn read_heartbeats(&self) -> Result<Vec<Heartbeat>, StorageError> {
         let mut beats = Vec::new();

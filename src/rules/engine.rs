@@ -41,6 +41,10 @@ pub struct Evaluation {
     pub duration_seconds: f64,
     pub rows: usize,
     pub error: Option<String>,
+    /// Instances that did not match but kept their state because the
+    /// window includes a time the process was down (see
+    /// [`RuleEngine::set_outage`]).
+    pub held: usize,
 }
 
 /// What an evaluation changed, for whoever subscribes (actions, tests).
@@ -87,6 +91,9 @@ pub struct RuleEngine {
     reloaded: tokio::sync::watch::Sender<u64>,
     reload_lock: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    /// `[down, up)`: the last sign of life of the previous process and the
+    /// moment this one took telemetry again.
+    outage: RwLock<Option<(i64, i64)>>,
 }
 
 impl RuleEngine {
@@ -116,7 +123,35 @@ impl RuleEngine {
             reloaded: tokio::sync::watch::channel(0).0,
             reload_lock: tokio::sync::Mutex::new(()),
             metrics,
+            outage: RwLock::new(None),
         })
+    }
+
+    /// After a restore: instances firing when the previous process went
+    /// down at `down` were last seen no earlier than the last evaluation
+    /// before it (their transitions only say when they started firing), so
+    /// that `keep_firing_for` counts from there.
+    pub fn seen_until(&self, down: i64) {
+        for loaded in self.rules.read().values() {
+            let mut runtime = loaded.runtime.lock();
+            for instance in runtime.state.instances.values_mut() {
+                if instance.state == super::AlertState::Firing {
+                    instance.last_seen = instance.last_seen.max(down);
+                }
+            }
+        }
+    }
+
+    /// Says this process was down from `down` (the previous one's last
+    /// sign of life) to `up` (now taking telemetry again), UTC nanoseconds.
+    /// Telemetry of that time may never come: until a rule's window is past
+    /// it, instances that do not match keep their state, so that a restart
+    /// never resolves an alert, settles a verification or starts a new
+    /// episode by itself.
+    pub fn set_outage(&self, down: i64, up: i64) {
+        if down < up {
+            *self.outage.write() = Some((down, up));
+        }
     }
 
     /// Transitions as they happen.
@@ -255,17 +290,30 @@ impl RuleEngine {
             duration_seconds: elapsed.as_secs_f64(),
             rows: 0,
             error: None,
+            held: 0,
         };
         let mut events = Vec::new();
         let mut evidence = None;
         match answer {
             Ok(Answer { matches, batch, .. }) => {
                 evaluation.rows = batch.num_rows();
+                // The window reaches back to before the restart.
+                let held = self
+                    .outage
+                    .read()
+                    .is_some_and(|(down, up)| window.overlaps(down, up - 1));
                 let timing = Timing {
                     for_: rule.for_,
                     keep_firing_for: rule.keep_firing_for,
+                    held,
                 };
-                events = loaded.runtime.lock().state.apply(timing, now, matches);
+                let (changed, held) = loaded
+                    .runtime
+                    .lock()
+                    .state
+                    .apply_counting(timing, now, matches);
+                events = changed;
+                evaluation.held = held;
                 evidence = Some(Arc::new(batch));
             }
             Err(e) => evaluation.error = Some(e.to_string()),

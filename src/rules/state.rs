@@ -111,6 +111,11 @@ pub struct Event {
 pub struct Timing {
     pub for_: Duration,
     pub keep_firing_for: Duration,
+    /// The evaluation's window includes a time this process was down:
+    /// telemetry of that time may be missing, so an instance that does not
+    /// match keeps its state (no resolution, no vanishing) rather than take
+    /// the gap for a recovery.
+    pub held: bool,
 }
 
 /// The instances of one rule.
@@ -130,6 +135,18 @@ fn nanos(d: Duration) -> i64 {
 impl RuleState {
     /// Applies the answer of one evaluation at `now`; returns what changed.
     pub fn apply(&mut self, timing: Timing, now: i64, matches: Vec<(String, Match)>) -> Vec<Event> {
+        self.apply_counting(timing, now, matches).0
+    }
+
+    /// [`RuleState::apply`], and how many instances were held because the
+    /// window includes an outage.
+    pub fn apply_counting(
+        &mut self,
+        timing: Timing,
+        now: i64,
+        matches: Vec<(String, Match)>,
+    ) -> (Vec<Event>, usize) {
+        let mut held = 0;
         self.evaluations += 1;
         let evaluation = self.evaluations;
         let mut events = Vec::new();
@@ -194,6 +211,10 @@ impl RuleState {
             if seen.contains(fingerprint) {
                 continue;
             }
+            if timing.held && matches!(instance.state, AlertState::Pending | AlertState::Firing) {
+                held += 1;
+                continue;
+            }
             let to = match instance.state {
                 AlertState::Pending => AlertState::Inactive,
                 AlertState::Firing if now - instance.last_seen < nanos(timing.keep_firing_for) => {
@@ -243,7 +264,7 @@ impl RuleState {
         for fingerprint in gone {
             self.instances.remove(&fingerprint);
         }
-        events
+        (events, held)
     }
 }
 
@@ -278,6 +299,7 @@ mod tests {
         let timing = Timing {
             for_: Duration::from_secs(10),
             keep_firing_for: Duration::ZERO,
+            held: false,
         };
         let mut s = RuleState::default();
         assert_eq!(states(&s.apply(timing, 0, m(1.0))), [(Inactive, Pending)]);
@@ -303,6 +325,7 @@ mod tests {
         let timing = Timing {
             for_: Duration::from_secs(60),
             keep_firing_for: Duration::ZERO,
+            held: false,
         };
         let mut s = RuleState::default();
         s.apply(timing, 0, m(1.0));
@@ -318,6 +341,7 @@ mod tests {
         let timing = Timing {
             for_: Duration::ZERO,
             keep_firing_for: Duration::from_secs(30),
+            held: false,
         };
         let mut s = RuleState::default();
         assert_eq!(states(&s.apply(timing, 0, m(1.0))), [(Inactive, Firing)]);
@@ -334,6 +358,7 @@ mod tests {
         let timing = Timing {
             for_: Duration::ZERO,
             keep_firing_for: Duration::ZERO,
+            held: false,
         };
         let mut s = RuleState::default();
         s.apply(timing, 0, m(1.0));
@@ -342,5 +367,47 @@ mod tests {
         assert_eq!(s.instances.len(), 1);
         s.apply(timing, S + nanos(RESOLVED_RETENTION), vec![]);
         assert!(s.instances.is_empty());
+    }
+
+    #[test]
+    fn a_window_over_an_outage_resolves_nothing_and_forgets_nothing() {
+        use AlertState::*;
+        let timing = Timing {
+            for_: Duration::from_secs(10),
+            keep_firing_for: Duration::ZERO,
+            held: false,
+        };
+        let held = Timing {
+            held: true,
+            ..timing
+        };
+        let mut s = RuleState::default();
+        s.apply(timing, 0, m(1.0));
+        s.apply(timing, 10 * S, m(1.0));
+        assert_eq!(s.instances["fp"].state, Firing);
+        // A second instance, pending when the process went down.
+        let mut both = m(1.0);
+        both.push((
+            "other".into(),
+            Match {
+                labels: BTreeMap::new(),
+                values: Map::new(),
+            },
+        ));
+        s.apply(timing, 11 * S, both);
+        assert_eq!(s.instances["other"].state, Pending);
+        // After the restart the window holds the gap: neither matches, and
+        // nothing changes.
+        let (events, n) = s.apply_counting(held, 20 * S, vec![]);
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(n, 2);
+        assert_eq!(s.instances["fp"].state, Firing);
+        assert_eq!(s.instances["other"].state, Pending);
+        assert_eq!(s.instances["fp"].episode, 1);
+        // Once the window is past the gap, what does not match resolves.
+        assert_eq!(
+            states(&s.apply(timing, 30 * S, vec![])),
+            [(Firing, Resolved), (Pending, Inactive)]
+        );
     }
 }
