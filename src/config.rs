@@ -84,6 +84,8 @@ pub struct Config {
     /// Replicas sharing the `data` storage: leases on episodes, heartbeats,
     /// and how often each reads the others' decisions.
     pub cluster: crate::cluster::ClusterConfig,
+    /// Snapshots of the decision log, which bound what a start reads.
+    pub memory: crate::act::actor::recovery::SnapshotConfig,
 }
 
 /// `[ingest]`: the OTLP receivers.
@@ -229,6 +231,7 @@ impl Default for Config {
             export: Default::default(),
             archive: Default::default(),
             cluster: Default::default(),
+            memory: Default::default(),
         }
     }
 }
@@ -341,6 +344,13 @@ impl Config {
         }
         if self.store.max_age < self.store.partition {
             return invalid("store.max_age", "must be at least one partition long");
+        }
+        let m = &self.memory;
+        if m.snapshot_every == 0 || m.snapshot_interval.is_zero() || m.snapshots_kept == 0 {
+            return invalid(
+                "memory",
+                "snapshot_every, snapshot_interval and snapshots_kept must be above zero",
+            );
         }
         if self.query.max_rows == 0 {
             return invalid("query.max_rows", "must be at least 1");

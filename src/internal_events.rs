@@ -76,6 +76,10 @@ pub struct Metrics {
     store_rows: Family<TableLabels, Gauge>,
     store_budget: Gauge,
     store_unflushed: Gauge,
+    memory_start_entries: Gauge,
+    memory_start_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    memory_index_complete: Gauge,
+    memory_chain_problems: Gauge,
     store_evicted_rows: Family<TableLabels, Counter>,
     wal: WalMetrics,
     queries: Family<OutcomeLabels, Counter>,
@@ -159,6 +163,10 @@ impl Metrics {
             store_rows: Family::default(),
             store_budget: Gauge::default(),
             store_unflushed: Gauge::default(),
+            memory_start_entries: Gauge::default(),
+            memory_start_seconds: Gauge::default(),
+            memory_index_complete: Gauge::default(),
+            memory_chain_problems: Gauge::default(),
             store_evicted_rows: Family::default(),
             wal: WalMetrics::default(),
             queries: Family::default(),
@@ -212,6 +220,26 @@ impl Metrics {
             "store_evicted_rows",
             "Archived rows dropped from memory early to make room for new data (the memory budget was full)",
             m.store_evicted_rows.clone(),
+        );
+        registry.register(
+            "memory_start_entries_read",
+            "Decision log entries the last start read after the writers' latest snapshots",
+            m.memory_start_entries.clone(),
+        );
+        registry.register(
+            "memory_start_seconds",
+            "Time the last start took to read this node's snapshot and the entries after it",
+            m.memory_start_seconds.clone(),
+        );
+        registry.register(
+            "memory_index_complete",
+            "1 once the whole decision history is in the decisions and facts tables (filled after the start)",
+            m.memory_index_complete.clone(),
+        );
+        registry.register(
+            "memory_chain_problems",
+            "Problems the background check of the whole decision history found (altered or missing entries; `homeostat audit verify` names them)",
+            m.memory_chain_problems.clone(),
         );
         registry.register(
             "store_unflushed_bytes",
@@ -416,6 +444,8 @@ impl Metrics {
         }
         self.store_budget.set(store.options().memory_budget as i64);
         self.store_unflushed.set(store.unflushed_bytes() as i64);
+        self.memory_index_complete
+            .set(i64::from(store.memory_index().is_complete()));
         for table in store.tables() {
             let counter = self.store_evicted_rows.get_or_create(&TableLabels {
                 table: table.name(),
@@ -1148,5 +1178,38 @@ impl WalReplayed<'_> {
         );
         metrics.wal.replayed_records.inc_by(r.records);
         metrics.wal.replayed_rows.inc_by(r.rows);
+    }
+}
+
+/// The start read the memory: each writer's latest snapshot and the
+/// entries after it.
+pub struct MemoryRecovered {
+    pub entries_read: usize,
+    pub elapsed: std::time::Duration,
+}
+
+impl MemoryRecovered {
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.memory_start_entries.set(self.entries_read as i64);
+        metrics.memory_start_seconds.set(self.elapsed.as_secs_f64());
+    }
+}
+
+/// The background read of the whole decision history is done.
+pub struct MemoryHistoryChecked {
+    pub entries: usize,
+    pub problems: usize,
+    pub elapsed: std::time::Duration,
+}
+
+impl MemoryHistoryChecked {
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::info!(
+            entries = self.entries,
+            problems = self.problems,
+            elapsed = ?self.elapsed,
+            "the whole decision history is in the SQL tables"
+        );
+        metrics.memory_chain_problems.set(self.problems as i64);
     }
 }

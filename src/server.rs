@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::act::actor::recovery::{self, Snapshotter};
 use crate::act::actor::{Actor, Clock, TraceSink};
 use crate::api::gate::Gate;
 use crate::api::{self, ApiState};
@@ -88,6 +89,8 @@ pub struct Running {
     grace: std::time::Duration,
     /// Writes memory's rows to the archive; the last flush is at the stop.
     flusher: Arc<Flusher>,
+    /// Writes snapshots of the decision log; the last one at the stop.
+    snapshotter: Arc<Snapshotter>,
     /// Set once the receivers listen.
     ready: Arc<AtomicBool>,
     /// The threads rules are evaluated on; stopped with the instance.
@@ -287,7 +290,52 @@ async fn recover(
     export.validate()?;
 
     gate.phase("loading the memory");
-    let (memory, loaded) = Memory::open(storage, &node, store.memory_index().clone()).await?;
+    // Each writer's latest snapshot and the entries after it: the start
+    // reads what the snapshot interval bounds, not the whole history.
+    let memories = recovery::recover_all(&storage, &node)
+        .await
+        .map_err(MemoryError::from)?;
+    if let Some(problem) = memories.own.problems.first() {
+        return Err(MemoryError::Broken {
+            node: node.clone(),
+            location: storage.location().to_owned(),
+            problem: problem.clone(),
+        }
+        .into());
+    }
+    for problem in memories.others.iter().flat_map(|r| &r.problems) {
+        tracing::error!(%problem, "another writer's decision log does not verify");
+    }
+    // The SQL tables: the recent decisions and the facts now, the whole
+    // history once the background load below has read it.
+    let index = store.memory_index().clone();
+    for r in std::iter::once(&memories.own).chain(&memories.others) {
+        for kept in r.recovery.kept() {
+            index.put_decision(crate::memory::tables::DecisionRow::new(
+                &kept.decision,
+                kept.stage.name(),
+                &r.recovery.node,
+                kept.seq,
+                &kept.hash,
+            ));
+        }
+        for fact in r.recovery.facts.values().flatten() {
+            index.put_fact(fact, &r.recovery.node);
+        }
+    }
+    let memory = Memory::start(
+        storage.clone(),
+        &node,
+        memories.own.recovery.tail.clone(),
+        index.clone(),
+    );
+    let snapshotter = Snapshotter::start(
+        storage.clone(),
+        config.memory.clone(),
+        memories.own.recovery.clone(),
+        &memory.journal,
+    );
+    memory.record_start().await?;
     let cluster = Arc::new(Cluster::new(
         memory.storage.clone(),
         &node,
@@ -295,13 +343,10 @@ async fn recover(
         config.cluster.clone(),
     ));
     let previous = cluster.own_heartbeat().await.map_err(MemoryError::from)?;
-    down = down.max(previous.map(|h| h.seen_at)).max(
-        loaded
-            .chains
-            .get(&node)
-            .and_then(|c| c.last())
-            .map(|e| e.entry.written_at),
-    );
+    down = down
+        .max(previous.map(|h| h.seen_at))
+        .max(memories.own.tail_entries.last().map(|e| e.entry.written_at))
+        .max(memories.own.from_snapshot.as_ref().map(|c| c.written_at));
     // Alive before it claims anything: a claim of a node without a
     // heartbeat is taken for a dead node's.
     cluster.beat().await.map_err(MemoryError::from)?;
@@ -348,31 +393,36 @@ async fn recover(
     );
     gate.phase("restoring alerts and actions");
     // The other replicas' decisions, as they stood when this one started.
-    let mut others: Vec<crate::decisions::Decision> = loaded
-        .chains
-        .keys()
-        .filter(|n| **n != node)
-        .flat_map(|n| {
-            loaded.decisions(n).into_iter().map(move |s| {
-                let mut d = s.decision;
-                if d.node.is_empty() {
-                    d.node.clone_from(n);
-                }
-                d
-            })
-        })
-        .collect();
-    others.sort_by_key(|d| d.at);
-    for d in &others {
-        actor.log().upsert(d);
-        actor.observe_remote(d);
+    for r in &memories.others {
+        for kept in r.recovery.kept() {
+            let mut d = kept.decision.clone();
+            if d.node.is_empty() {
+                d.node.clone_from(&r.recovery.node);
+            }
+            actor.log().upsert(&d);
+        }
     }
     // Before any transition flows: what the memory holds comes back first.
-    let (restored, _reruns) = actor.restore(&loaded, &node, &rules, now_nanos()).await;
+    let (restored, _reruns) = actor
+        .restore(
+            &memories.own.recovery,
+            memories.facts(),
+            &rules,
+            now_nanos(),
+        )
+        .await;
+    // Their runs count in this one's cooldowns and hourly rates.
+    for r in &memories.others {
+        for (rule, policy) in &r.recovery.policies {
+            actor.absorb_remote(rule, &policy.snapshot(now_nanos()));
+        }
+    }
     tracing::info!(
         data = memory.storage.location(),
         %node,
-        entries = loaded.len(),
+        snapshot = memories.own.from_snapshot.as_ref().map(|c| c.seq),
+        entries_read = memories.entries_read(),
+        elapsed = ?memories.own.elapsed,
         decisions = restored.decisions,
         instances = restored.instances,
         facts = restored.facts,
@@ -382,11 +432,43 @@ async fn recover(
         rerun = restored.rerun,
         "memory loaded"
     );
+    crate::internal_events::MemoryRecovered {
+        entries_read: memories.entries_read(),
+        elapsed: memories.own.elapsed,
+    }
+    .emit(&metrics);
     if let Some(down) = down {
         rules.seen_until(down);
     }
-    let follower = Follower::new(memory.storage.clone(), &node, &loaded);
-    drop(loaded);
+    let follower = Follower::new(
+        memory.storage.clone(),
+        &node,
+        memories.others.iter().map(|r| {
+            (
+                r.recovery.node.clone(),
+                r.last_object.clone(),
+                r.recovery.tail.clone(),
+            )
+        }),
+    );
+    drop(memories);
+    // The whole history into the SQL tables, after the start: entries that
+    // come meanwhile are applied too, each once.
+    let (filling, storage_all, counts, facts) = (
+        index.clone(),
+        storage.clone(),
+        metrics.clone(),
+        actor.facts().clone(),
+    );
+    tasks.spawn(async move {
+        fill_index(&storage_all, &filling, &facts, &counts).await;
+        Ok(())
+    });
+    let (snapshotting, token) = (snapshotter.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        snapshotting.run(token).await;
+        Ok(())
+    });
     let views = Views {
         index: store.memory_index().clone(),
         log: actor.log().clone(),
@@ -475,6 +557,7 @@ async fn recover(
         memory,
         grace: config.actions.timeout,
         flusher,
+        snapshotter,
         ready,
         _executor: executor,
         _watcher: watcher,
@@ -489,6 +572,40 @@ async fn recover(
         api_router,
     };
     Ok((running, receivers))
+}
+
+/// Reads every writer's whole chain into the SQL tables' index and the
+/// facts' older versions, in the background: the start only read each
+/// chain's latest snapshot and what followed. Problems are logged and
+/// counted (`homeostat audit verify` names them all).
+async fn fill_index(
+    storage: &Storage,
+    index: &crate::memory::tables::MemoryIndex,
+    facts: &crate::decisions::memory::Facts,
+    metrics: &Metrics,
+) {
+    let started = std::time::Instant::now();
+    match crate::memory::load(storage).await {
+        Ok(loaded) => {
+            for problem in &loaded.problems {
+                tracing::error!(%problem, "the decision log does not verify (`homeostat audit verify`)");
+            }
+            for e in loaded.chains.values().flatten() {
+                index.apply(&e.entry, &e.hash);
+            }
+            facts.backfill(loaded.facts());
+            index.set_complete();
+            crate::internal_events::MemoryHistoryChecked {
+                entries: loaded.len(),
+                problems: loaded.problems.len(),
+                elapsed: started.elapsed(),
+            }
+            .emit(metrics);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the whole decision history: the SQL tables show what the start read and what came since");
+        }
+    }
 }
 
 /// After a restart, rows older than what memory holds whole may be in the
@@ -690,6 +807,10 @@ impl Running {
             tracing::error!(error = %e, "the write-ahead log did not close cleanly");
         }
         self.memory.journal.flush().await;
+        // The next start reads this snapshot and nothing after it.
+        if let Err(e) = self.snapshotter.write(now_nanos()).await {
+            tracing::warn!(error = %e, "no snapshot of the decision log at the stop: the next start reads the entries since the last one");
+        }
         result
     }
 }

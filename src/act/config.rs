@@ -14,7 +14,19 @@ use super::host::Capabilities;
 use crate::rules::file::{RuleError, key_line, value_start_line};
 
 /// When an action runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Deserialize,
+    Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// An instance starts firing (once per episode).

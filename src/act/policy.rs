@@ -21,7 +21,7 @@ const HOUR: i64 = 3_600_000_000_000;
 const DAY: i64 = 24 * HOUR;
 
 /// One rule's policy state.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PolicyState {
     /// Per instance and trigger: the last episode acted on, and when that
     /// episode started.
@@ -302,6 +302,81 @@ impl PolicyState {
         let live: std::collections::HashSet<&String> = self.last_action.keys().collect();
         self.acted.retain(|(fp, _), _| live.contains(fp));
     }
+
+    /// What a snapshot of the memory keeps: this state as of `now`, pruned
+    /// as [`PolicyState::prune`] and the hourly window would, sorted.
+    pub fn snapshot(&self, now: i64) -> PolicySnapshot {
+        let mut copy = PolicySnapshot {
+            acted: self
+                .acted
+                .iter()
+                .map(|((fp, t), (episode, since))| (fp.clone(), *t, *episode, *since))
+                .collect(),
+            last_action: self
+                .last_action
+                .iter()
+                .filter(|(_, t)| **t > now - DAY)
+                .map(|(fp, t)| (fp.clone(), *t))
+                .collect(),
+            recent: self
+                .recent
+                .iter()
+                .copied()
+                .filter(|t| *t > now - HOUR)
+                .collect(),
+        };
+        let live: std::collections::HashSet<&String> =
+            copy.last_action.iter().map(|(fp, _)| fp).collect();
+        let acted: Vec<_> = copy
+            .acted
+            .iter()
+            .filter(|(fp, ..)| live.contains(fp))
+            .cloned()
+            .collect();
+        copy.acted = acted;
+        copy.acted.sort();
+        copy.last_action.sort();
+        copy
+    }
+
+    /// The state a snapshot kept.
+    pub fn from_snapshot(s: &PolicySnapshot) -> Self {
+        Self {
+            acted: s
+                .acted
+                .iter()
+                .map(|(fp, t, episode, since)| ((fp.clone(), *t), (*episode, *since)))
+                .collect(),
+            last_action: s.last_action.iter().cloned().collect(),
+            recent: s.recent.iter().copied().collect(),
+            running: 0,
+        }
+    }
+
+    /// Counts another replica's own runs, from its snapshot, as
+    /// [`PolicyState::observe`] counts them one by one: its cooldowns and
+    /// its runs of the last hour hold here too; its episodes are its own.
+    pub fn absorb(&mut self, other: &PolicySnapshot) {
+        for (fp, t) in &other.last_action {
+            let last = self.last_action.entry(fp.clone()).or_insert(*t);
+            *last = (*last).max(*t);
+        }
+        for t in &other.recent {
+            let at = self.recent.partition_point(|x| x <= t);
+            self.recent.insert(at, *t);
+        }
+    }
+}
+
+/// A rule's policy state as a memory snapshot keeps it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PolicySnapshot {
+    /// (instance, trigger, episode acted on, when that episode started).
+    pub acted: Vec<(String, Trigger, u64, i64)>,
+    /// (instance, last acted on).
+    pub last_action: Vec<(String, i64)>,
+    /// Start times of the runs in the last hour.
+    pub recent: Vec<i64>,
 }
 
 #[cfg(test)]

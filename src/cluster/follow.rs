@@ -18,7 +18,7 @@ use crate::decisions::DecisionLog;
 use crate::decisions::memory::Facts;
 use crate::memory::journal::{self, ChainEntry, Record, Stage, Tail};
 use crate::memory::tables::MemoryIndex;
-use crate::memory::{Loaded, Storage, StorageError};
+use crate::memory::{Storage, StorageError};
 
 /// Where one writer's chain was last read up to.
 #[derive(Debug, Clone)]
@@ -70,19 +70,17 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Starts where the memory read at start ended.
-    pub fn new(storage: Storage, node: &str, loaded: &Loaded) -> Self {
-        let positions = loaded
-            .chains
-            .iter()
-            .filter(|(n, _)| *n != node)
-            .map(|(n, entries)| {
-                let position = Position {
-                    last_object: entries.last().map(|e| storage.path(&[&e.object])),
-                    tail: journal::tail_of(entries),
-                };
-                (n.clone(), position)
-            })
+    /// Starts where the memory read at start ended: per other writer, the
+    /// last log object read and where its chain goes on.
+    pub fn new(
+        storage: Storage,
+        node: &str,
+        read: impl IntoIterator<Item = (String, Option<Path>, Tail)>,
+    ) -> Self {
+        let positions = read
+            .into_iter()
+            .filter(|(n, ..)| n != node)
+            .map(|(n, last_object, tail)| (n, Position { last_object, tail }))
             .collect();
         Self {
             storage,

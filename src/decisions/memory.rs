@@ -74,6 +74,39 @@ impl Facts {
         }
     }
 
+    /// Adds versions read from the whole history after a start that read
+    /// only the recent ones: each version once, in the order written, at
+    /// most [`MAX_VERSIONS`] per key (the newest).
+    pub fn backfill(&self, facts: Vec<Fact>) {
+        let mut by_key: BTreeMap<String, Vec<Fact>> = BTreeMap::new();
+        for fact in facts {
+            by_key.entry(fact.key.clone()).or_default().push(fact);
+        }
+        let mut keys = self.keys.write();
+        for (key, older) in by_key {
+            let versions = keys.entry(key).or_default();
+            let mut all: Vec<Fact> = versions.drain(..).chain(older).collect();
+            all.sort_by(|a, b| {
+                (a.valid_from, a.version, &a.written_by).cmp(&(
+                    b.valid_from,
+                    b.version,
+                    &b.written_by,
+                ))
+            });
+            all.dedup_by(|a, b| {
+                (a.valid_from, a.version, &a.written_by) == (b.valid_from, b.version, &b.written_by)
+            });
+            for i in 1..all.len() {
+                let next = all[i].valid_from;
+                if all[i - 1].valid_to.is_none() {
+                    all[i - 1].valid_to = Some(next);
+                }
+            }
+            let skip = all.len().saturating_sub(MAX_VERSIONS);
+            versions.extend(all.into_iter().skip(skip));
+        }
+    }
+
     /// Like [`Facts::put`], and records the version in the journal: the
     /// answer says when it is durable.
     pub fn put_recorded(

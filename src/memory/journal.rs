@@ -195,7 +195,7 @@ pub fn log_prefix(storage: &Storage, node: &str) -> object_store::path::Path {
     storage.path(&["memory", node, "log"])
 }
 
-fn object_name(first_seq: u64) -> String {
+pub fn object_name(first_seq: u64) -> String {
     format!("{first_seq:020}.jsonl")
 }
 
@@ -519,7 +519,30 @@ pub async fn read_objects(
     storage: &Storage,
     node: &str,
     objects: Vec<object_store::ObjectMeta>,
+    expected: Tail,
+) -> Result<(Vec<ChainEntry>, Vec<Problem>, Tail), StorageError> {
+    read_objects_skipping(storage, node, objects, expected, 0).await
+}
+
+/// [`read_objects`] where the first object may begin before the entry
+/// `expected` names: entries before it are skipped, the rest must go on
+/// from it.
+pub async fn read_objects_from(
+    storage: &Storage,
+    node: &str,
+    objects: Vec<object_store::ObjectMeta>,
+    expected: Tail,
+) -> Result<(Vec<ChainEntry>, Vec<Problem>, Tail), StorageError> {
+    let from = expected.next_seq;
+    read_objects_skipping(storage, node, objects, expected, from).await
+}
+
+async fn read_objects_skipping(
+    storage: &Storage,
+    node: &str,
+    objects: Vec<object_store::ObjectMeta>,
     mut expected: Tail,
+    skip_before: u64,
 ) -> Result<(Vec<ChainEntry>, Vec<Problem>, Tail), StorageError> {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
@@ -562,6 +585,10 @@ pub async fn read_objects(
             let actual = hash(payload);
             let entry: Option<Entry> = serde_json::from_slice(payload).ok();
             let seq = entry.as_ref().map(|e| e.seq);
+            // Covered by a snapshot: the chain is read from after it.
+            if seq.is_some_and(|s| s < skip_before) {
+                continue;
+            }
             if stated != actual.as_bytes() {
                 problems.push(problem(
                     n,
@@ -588,6 +615,7 @@ pub async fn read_objects(
                 ));
                 continue;
             };
+
             if n == 1 && entry.seq != named {
                 problems.push(problem(
                     n,

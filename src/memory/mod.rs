@@ -13,6 +13,7 @@ pub mod archive;
 pub mod audit;
 pub mod journal;
 pub mod replay;
+pub mod snapshot;
 pub mod storage;
 pub mod tables;
 
@@ -146,50 +147,40 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// Loads the memory in `storage`, checks this node's chain (a broken
-    /// one stops the start: nothing is appended to a chain that does not
-    /// verify), fills `index` and starts this node's writer where its
-    /// chain ends. Must run inside a tokio runtime.
-    pub async fn open(
+    /// Starts this node's writer where its chain ends (`tail`, as a start
+    /// read and verified it) and makes every durable entry go into `index`.
+    /// Nothing is written until [`Memory::record_start`]. Must run inside a
+    /// tokio runtime.
+    pub fn start(
         storage: Storage,
         node: &str,
+        tail: journal::Tail,
         index: Arc<MemoryIndex>,
-    ) -> Result<(Self, Loaded), MemoryError> {
-        let loaded = load(&storage).await?;
-        if let Some(problem) = loaded.problems.iter().find(|p| p.node == node) {
-            return Err(MemoryError::Broken {
-                node: node.to_owned(),
-                location: storage.location().to_owned(),
-                problem: problem.clone(),
-            });
-        }
-        for problem in &loaded.problems {
-            tracing::error!(%problem, "another writer's decision log does not verify");
-        }
-        for e in loaded.chains.values().flatten() {
-            index.apply(&e.entry, &e.hash);
-        }
-        let tail = journal::tail_of(loaded.chains.get(node).map_or(&[][..], Vec::as_slice));
+    ) -> Self {
         let journal = Journal::start(storage.clone(), node, tail);
         let observed = index.clone();
         journal.observe(move |entry, hash| observed.apply(entry, hash));
-        journal
+        Self {
+            storage,
+            journal,
+            index,
+        }
+    }
+
+    /// Records that a process started writing this chain: durable before it
+    /// restores anything, so that a second process with the same node name
+    /// is refused before it acts.
+    pub async fn record_start(&self) -> Result<(), MemoryError> {
+        self.journal
             .append_durable(Record::Start {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })
             .await
+            .map(drop)
             .map_err(|e| MemoryError::Journal {
-                node: node.to_owned(),
+                node: self.journal.node().to_owned(),
                 error: e,
-            })?;
-        Ok((
-            Self {
-                storage,
-                journal,
-                index,
-            },
-            loaded,
-        ))
+            })
     }
 }

@@ -107,62 +107,113 @@ pub struct FactRow {
 struct Rows {
     decisions: Vec<DecisionRow>,
     position: HashMap<String, usize>,
-    facts: Vec<FactRow>,
-    /// Per key, the current version's row.
-    current: HashMap<String, usize>,
+    /// Every fact version, by key, then time, writer and version: rows can
+    /// come in any order (a start fills the recent ones first, the whole
+    /// history after) and each is kept once.
+    facts: std::collections::BTreeMap<(String, i64, String, u64), FactRow>,
 }
 
 /// What the `decisions` and `facts` tables show.
 #[derive(Debug, Default)]
 pub struct MemoryIndex {
     rows: RwLock<Rows>,
+    /// Whether the whole history is in (a start fills it after it is ready).
+    complete: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryIndex {
-    /// Takes in a durable entry (in chain order per writer).
+    /// Takes in a durable entry. Entries may come more than once and out of
+    /// order: a decision keeps its latest state, a fact version is kept once.
     pub fn apply(&self, entry: &Entry, hash: &str) {
-        let mut rows = self.rows.write();
         match &entry.record {
             Record::Decision { stage, decision } => {
-                let row = DecisionRow::new(decision, stage.name(), &entry.node, entry.seq, hash);
-                match rows.position.get(&decision.id).copied() {
-                    Some(i) => rows.decisions[i] = row,
-                    None => {
-                        let i = rows.decisions.len();
-                        rows.position.insert(decision.id.clone(), i);
-                        rows.decisions.push(row);
-                    }
-                }
+                self.put_decision(DecisionRow::new(
+                    decision,
+                    stage.name(),
+                    &entry.node,
+                    entry.seq,
+                    hash,
+                ));
             }
-            Record::Fact { fact } => {
-                if let Some(&i) = rows.current.get(&fact.key) {
-                    let current = &mut rows.facts[i];
-                    if current.valid_to.is_none() {
-                        current.valid_to = Some(fact.valid_from);
-                    }
-                }
-                let i = rows.facts.len();
-                rows.current.insert(fact.key.clone(), i);
-                rows.facts.push(FactRow {
-                    key: fact.key.clone(),
-                    version: fact.version,
-                    value: fact.value.to_string(),
-                    valid_from: fact.valid_from,
-                    valid_to: fact.valid_to,
-                    written_by: fact.written_by.clone(),
-                    node: entry.node.clone(),
-                });
-            }
+            Record::Fact { fact } => self.put_fact(fact, &entry.node),
             Record::Alert { .. } | Record::Start { .. } => {}
         }
+    }
+
+    /// A decision's row, unless a later state of it is there already.
+    pub fn put_decision(&self, row: DecisionRow) {
+        let mut rows = self.rows.write();
+        match rows.position.get(&row.id).copied() {
+            Some(i) => {
+                let current = &rows.decisions[i];
+                let newer = (
+                    row.updated_at,
+                    row.node == current.node && row.seq > current.seq,
+                ) >= (current.updated_at, false);
+                if newer {
+                    rows.decisions[i] = row;
+                }
+            }
+            None => {
+                let i = rows.decisions.len();
+                rows.position.insert(row.id.clone(), i);
+                rows.decisions.push(row);
+            }
+        }
+    }
+
+    /// A fact version written by `node`, once.
+    pub fn put_fact(&self, fact: &crate::decisions::memory::Fact, node: &str) {
+        let key = (
+            fact.key.clone(),
+            fact.valid_from,
+            node.to_owned(),
+            fact.version,
+        );
+        self.rows
+            .write()
+            .facts
+            .entry(key)
+            .or_insert_with(|| FactRow {
+                key: fact.key.clone(),
+                version: fact.version,
+                value: fact.value.to_string(),
+                valid_from: fact.valid_from,
+                valid_to: fact.valid_to,
+                written_by: fact.written_by.clone(),
+                node: node.to_owned(),
+            });
+    }
+
+    /// Says the whole history is in.
+    pub fn set_complete(&self) {
+        self.complete
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the whole history is in, or only what a start read first.
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn decisions(&self) -> Vec<DecisionRow> {
         self.rows.read().decisions.clone()
     }
 
+    /// Every fact version, each closed by the next version of its key.
     pub fn facts(&self) -> Vec<FactRow> {
-        self.rows.read().facts.clone()
+        let rows = self.rows.read();
+        let mut out: Vec<FactRow> = Vec::with_capacity(rows.facts.len());
+        for row in rows.facts.values() {
+            if let Some(previous) = out.last_mut()
+                && previous.key == row.key
+                && previous.valid_to.is_none()
+            {
+                previous.valid_to = Some(row.valid_from);
+            }
+            out.push(row.clone());
+        }
+        out
     }
 
     /// Decisions of `rule` on `fingerprint` at or after `since` whose

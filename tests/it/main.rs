@@ -21,4 +21,5 @@ mod rules;
 mod s3;
 mod schemas;
 mod sdk;
+mod startup;
 mod store;

@@ -545,7 +545,56 @@ async fn tampering_is_found_and_named() {
     assert_eq!(code, Some(1), "{report}");
     assert!(report.contains("missing (removed?)"), "{report}");
 
-    // A broken chain stops a start, with the reason.
+    // Before the latest snapshot, the gap does not stop a start (which reads
+    // the snapshot and what follows), and the check of the whole history
+    // that follows it names the problem.
+    let mut child = homeostat()
+        .args([
+            "run",
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--otlp-http",
+            "127.0.0.1:0",
+        ])
+        .args(["--api", "127.0.0.1:0", "--node", "test-node", "--rules"])
+        .arg(rules.path())
+        .args(["--data", data])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (api, mut lines) = ready_address(&mut child, "api").await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let metrics = |api: String| async move {
+        reqwest::get(format!("http://{api}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = metrics(api.clone()).await;
+        if text.contains("homeostat_memory_index_complete 1") {
+            assert!(
+                text.contains("homeostat_memory_chain_problems 1"),
+                "the gap is counted: {text}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the history was never checked"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    // Without the snapshots, the start reads the chain from its first entry:
+    // a broken chain stops it, with the reason.
+    std::fs::remove_dir_all(dir.path().join("memory/test-node/snapshot")).unwrap();
     let out = homeostat()
         .args([
             "run",

@@ -228,6 +228,17 @@ impl Actor {
             .observe(d);
     }
 
+    /// Counts another replica's runs as its snapshot of `rule`'s policy
+    /// state has them (what [`Actor::observe_remote`] counts one by one).
+    pub fn absorb_remote(&self, rule: &str, policy: &crate::act::policy::PolicySnapshot) {
+        self.state
+            .lock()
+            .policies
+            .entry(rule.to_owned())
+            .or_default()
+            .absorb(policy);
+    }
+
     /// Once the result of a claimed run is durable, marks the episode
     /// `done`: nobody takes it over after that.
     pub(super) fn settle_claim(&self, d: &Decision, ack: Option<Ack>) {

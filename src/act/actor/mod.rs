@@ -34,6 +34,7 @@ mod claim;
 mod evidence;
 mod execute;
 mod recover;
+pub mod recovery;
 mod verify;
 
 pub use recover::Restored;

@@ -10,13 +10,13 @@ use serde_json::Map;
 use tokio::task::JoinHandle;
 
 use super::evidence::alert_value;
+use super::recovery::Recovery;
 use super::{Actor, Prepared, Verifying};
-use crate::act::config::Trigger;
 use crate::act::policy::rfc3339;
+use crate::decisions::memory::Fact;
 use crate::decisions::trace::{action_spans, closing_spans};
 use crate::decisions::{Check, Decision, Outcome, RunError, RunStatus, Verdict};
 use crate::internal_events::ApprovalsPending;
-use crate::memory::Loaded;
 use crate::memory::journal::Stage;
 use crate::rules::state::Instance;
 use crate::rules::{AlertState, RuleEngine};
@@ -36,18 +36,20 @@ pub struct Restored {
 }
 
 impl Actor {
-    /// Takes back `node`'s memory. Call once, after the rules are loaded
-    /// and before transitions flow. Returns once the runs found cut short
-    /// are durably marked so, with the runs it started again.
+    /// Takes back this node's memory, as its chain folds up (`own`), and
+    /// the facts of every writer (in the order written). Call once, after
+    /// the rules are loaded and before transitions flow. Returns once the
+    /// runs found cut short are durably marked so, with the runs it
+    /// started again.
     pub async fn restore(
         self: &Arc<Self>,
-        loaded: &Loaded,
-        node: &str,
+        own: &Recovery,
+        facts: Vec<Fact>,
         rules: &RuleEngine,
         now: i64,
     ) -> (Restored, Vec<JoinHandle<()>>) {
         let mut restored = Restored::default();
-        for alert in loaded.alerts(node) {
+        for alert in own.alerts.values() {
             if alert.to == AlertState::Inactive {
                 continue;
             }
@@ -75,30 +77,24 @@ impl Actor {
                     }
                 });
         }
-        let facts = loaded.facts();
         restored.facts = facts.len();
         self.facts.restore(facts);
+        {
+            // Episodes acted on, cooldowns and the last hour's runs, as the
+            // chain counted them; repeats count from the last run of the
+            // episode, not from the restart.
+            let mut state = self.state.lock();
+            for (rule, policy) in &own.policies {
+                state.policies.insert(rule.clone(), policy.clone());
+            }
+            state.repeats.extend(own.repeats.clone());
+        }
 
         let mut runs = Vec::new();
         let mut marked = Vec::new();
-        for stored in loaded.decisions(node) {
+        for kept in own.kept() {
             restored.decisions += 1;
-            let d = stored.decision;
-            {
-                let mut state = self.state.lock();
-                state
-                    .policies
-                    .entry(d.rule.clone())
-                    .or_default()
-                    .restore(&d);
-                // Repeats count from the last run of the episode, not from
-                // the restart.
-                if matches!(d.trigger, Trigger::Firing | Trigger::Repeat) && d.run.is_some() {
-                    state
-                        .repeats
-                        .insert((d.rule.clone(), d.fingerprint.clone()), (d.episode, d.at));
-                }
-            }
+            let (stage, d) = (kept.stage, kept.decision.clone());
             let rule = rules
                 .rule(&d.rule)
                 .map(|l| l.rule)
@@ -107,7 +103,7 @@ impl Actor {
                 .run
                 .as_ref()
                 .is_some_and(|r| r.status == RunStatus::Running);
-            match (rule, stored.stage) {
+            match (rule, stage) {
                 (rule, _) if running => {
                     let idempotent = rule
                         .as_ref()
@@ -169,7 +165,7 @@ impl Actor {
         }
         // An instance that resolved before the crash settles the outcome of
         // the actions waiting for it, as its transition would have.
-        for alert in loaded.alerts(node) {
+        for alert in own.alerts.values() {
             if alert.to == AlertState::Resolved {
                 self.resolved(&alert.rule, &alert.fingerprint, alert.episode, alert.at);
             }
