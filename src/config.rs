@@ -115,6 +115,10 @@ pub struct IngestConfig {
     /// `os` (handed to the operating system before the answer; survives a
     /// crash of the process), `none` (memory only until the next flush).
     pub durability: crate::store::wal::Durability,
+    /// Requests decoded and converted at once, per receiver: each holds its
+    /// body, its decoded form and its rows until they are in the memory
+    /// budget; more wait (HTTP/2 flow control holds their bodies back).
+    pub max_concurrent_requests: usize,
     /// Folder of the write-ahead log, on a local disk: by default
     /// `wal/{node}` under `data` when that is a folder, and `./wal/{node}`
     /// when `data` is an object store. One process per folder.
@@ -211,6 +215,14 @@ pub struct QueryConfig {
     /// Time a query may run before it is cancelled.
     #[serde(with = "crate::serde_duration")]
     pub timeout: Duration,
+    /// Memory one rule evaluation may use for sorts, joins and
+    /// aggregations, each in a pool of its own: an evaluation over it fails
+    /// that rule's tick (recorded in its evaluations), nothing else.
+    pub rule_memory_limit: ByteSize,
+    /// Arrow bytes a query's answer may hold; a larger answer is an error
+    /// (ask for fewer columns or rows) rather than memory the process
+    /// cannot bound.
+    pub max_result_bytes: ByteSize,
 }
 
 impl Default for Config {
@@ -246,6 +258,7 @@ impl Default for IngestConfig {
             tls_cert: None,
             tls_key: None,
             durability: Default::default(),
+            max_concurrent_requests: 4,
             wal_dir: None,
         }
     }
@@ -269,6 +282,8 @@ impl Default for QueryConfig {
             memory_limit: ByteSize::mib(512),
             max_rows: 100_000,
             timeout: Duration::from_secs(30),
+            rule_memory_limit: ByteSize::mib(256),
+            max_result_bytes: ByteSize::mib(64),
         }
     }
 }
@@ -329,6 +344,9 @@ impl Config {
                 "web.trace_url",
                 "must contain {trace_id}, where the decision's trace id goes",
             );
+        }
+        if self.ingest.max_concurrent_requests == 0 {
+            return invalid("ingest.max_concurrent_requests", "must be at least 1");
         }
         if self.ingest.max_request_size.as_u64() == 0 {
             return invalid("ingest.max_request_size", "must be more than 0 bytes");
@@ -450,6 +468,8 @@ impl Config {
             memory_limit: usize::try_from(self.query.memory_limit.as_u64()).unwrap_or(usize::MAX),
             max_rows: self.query.max_rows,
             timeout: self.query.timeout,
+            max_result_bytes: usize::try_from(self.query.max_result_bytes.as_u64())
+                .unwrap_or(usize::MAX),
         }
     }
 }

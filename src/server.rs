@@ -280,7 +280,12 @@ async fn recover(
         }
     }
     let engine = QueryEngine::new(&store, config.query_options())?;
-    let ingester = Ingester::new(store.clone(), metrics.clone(), config.ingest.retry_after);
+    let ingester = Ingester::with_concurrency(
+        store.clone(),
+        metrics.clone(),
+        config.ingest.retry_after,
+        config.ingest.max_concurrent_requests,
+    );
     let max_request =
         usize::try_from(config.ingest.max_request_size.as_u64()).unwrap_or(usize::MAX);
     let export = config
@@ -351,11 +356,15 @@ async fn recover(
     // heartbeat is taken for a dead node's.
     cluster.beat().await.map_err(MemoryError::from)?;
     gate.phase("loading the rules");
-    let rules = Arc::new(RuleEngine::with_action_limits(
+    let planner = crate::rules::RulePlanner::new(&store)?
+        .with_action_limits(config.actions.clone())
+        .with_memory_limit(
+            usize::try_from(config.query.rule_memory_limit.as_u64()).unwrap_or(usize::MAX),
+        );
+    let rules = Arc::new(RuleEngine::with_planner(
         config.rules.clone(),
-        &store,
+        planner,
         metrics.clone(),
-        config.actions.clone(),
     )?);
     let report = rules.reload().await;
     for e in &report.errors {

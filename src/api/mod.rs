@@ -133,6 +133,7 @@ async fn query(State(state): State<ApiState>, body: axum::body::Bytes) -> Respon
             let status = match e {
                 QueryError::User(_) => StatusCode::BAD_REQUEST,
                 QueryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                QueryError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             json_error(status, message)

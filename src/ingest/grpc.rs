@@ -81,8 +81,15 @@ impl Receiver {
         self.ingester
             .check_capacity(R::SIGNAL, Transport::Grpc)
             .map_err(to_status)?;
-        self.ingester
-            .export(request.get_ref(), Transport::Grpc)
+        let request = request.into_inner();
+        let prepared = self
+            .ingester
+            .prepare(&request, Transport::Grpc)
+            .map_err(to_status)?;
+        // Only the rows (in the budget) wait for the disk.
+        drop(request);
+        prepared
+            .commit(&self.ingester)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -158,6 +165,7 @@ pub async fn serve(
         guard(crate::ingest::Signal::Metrics),
         guard(crate::ingest::Signal::Logs),
     );
+    let ingester_turns = ingester.turns();
     let receiver = Receiver { ingester };
     let gzip = CompressionEncoding::Gzip;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -166,8 +174,15 @@ pub async fn serve(
         server =
             server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
     }
+    // tonic decodes a message before the service sees it: the limit is on
+    // whole calls (body, decoded message and rows), in turns shared with
+    // the HTTP receiver.
+    let turns = ingester_turns;
     server
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
+            turns,
+        ))
         .add_service(InterceptedService::new(
             TraceServiceServer::new(receiver.clone())
                 .accept_compressed(gzip)

@@ -230,6 +230,9 @@ async fn receive<R: ExportRequest>(
         .ingester
         .check_capacity(R::SIGNAL, Transport::Http)
         .map_err(Refusal::from_ingest)?;
+    // The body, its decoded form and its rows exist for this many requests
+    // at once; the others wait before their bodies are read.
+    let turn = state.ingester.turn().await;
     let gzip = content_encoding_is_gzip(headers)?;
     let max = state.max_body;
     let too_large = || {
@@ -257,9 +260,16 @@ async fn receive<R: ExportRequest>(
     };
     let request = decode::<R>(&bytes, encoding)
         .map_err(|message| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
-    state
+    drop(bytes);
+    let prepared = state
         .ingester
-        .export(&request, Transport::Http)
+        .prepare(&request, Transport::Http)
+        .map_err(Refusal::from_ingest)?;
+    // Only the rows (in the budget) wait for the disk.
+    drop(request);
+    drop(turn);
+    prepared
+        .commit(&state.ingester)
         .await
         .map_err(Refusal::from_ingest)
 }

@@ -87,6 +87,10 @@ pub trait ExportRequest:
 
     fn convert(&self) -> Result<Converted, ArrowError>;
 
+    /// The Arrow memory [`ExportRequest::convert`] will take, before it does
+    /// ([`convert::estimate`]).
+    fn estimate(&self) -> u64;
+
     /// The reply: empty on full success, a partial success otherwise.
     fn response(rejected: i64, message: String) -> Self::Response;
 }
@@ -97,6 +101,10 @@ impl ExportRequest for ExportTraceServiceRequest {
 
     fn convert(&self) -> Result<Converted, ArrowError> {
         convert::spans::convert(self)
+    }
+
+    fn estimate(&self) -> u64 {
+        convert::estimate::spans(self)
     }
 
     fn response(rejected: i64, message: String) -> Self::Response {
@@ -119,6 +127,10 @@ impl ExportRequest for ExportMetricsServiceRequest {
         convert::metrics::convert(self)
     }
 
+    fn estimate(&self) -> u64 {
+        convert::estimate::metrics(self)
+    }
+
     fn response(rejected: i64, message: String) -> Self::Response {
         ExportMetricsServiceResponse {
             partial_success: (rejected > 0 || !message.is_empty()).then_some(
@@ -137,6 +149,10 @@ impl ExportRequest for ExportLogsServiceRequest {
 
     fn convert(&self) -> Result<Converted, ArrowError> {
         convert::logs::convert(self)
+    }
+
+    fn estimate(&self) -> u64 {
+        convert::estimate::logs(self)
     }
 
     fn response(rejected: i64, message: String) -> Self::Response {
@@ -199,15 +215,51 @@ pub struct Ingester {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     retry_after: Duration,
+    /// Requests being read, decoded and converted at once.
+    preparing: Arc<tokio::sync::Semaphore>,
+    concurrent: usize,
 }
 
 impl Ingester {
     pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, retry_after: Duration) -> Self {
+        Self::with_concurrency(store, metrics, retry_after, 4)
+    }
+
+    /// An ingester preparing at most `concurrent` requests at once.
+    pub fn with_concurrency(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        retry_after: Duration,
+        concurrent: usize,
+    ) -> Self {
         Self {
             store,
             metrics,
             retry_after,
+            preparing: Arc::new(tokio::sync::Semaphore::new(concurrent.max(1))),
+            concurrent: concurrent.max(1),
         }
+    }
+
+    /// Waits for a turn to read, decode and convert a request; hold it
+    /// until [`Ingester::prepare`] returns.
+    pub async fn turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.preparing
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// How many requests are prepared at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrent
+    }
+
+    /// The turns both receivers share (gRPC holds one for a whole call:
+    /// tonic decodes before the service sees the request).
+    pub fn turns(&self) -> Arc<tokio::sync::Semaphore> {
+        self.preparing.clone()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -243,6 +295,36 @@ impl Ingester {
         request: &R,
         transport: Transport,
     ) -> Result<R::Response, IngestError> {
+        self.prepare(request, transport)?.commit(self).await
+    }
+
+    /// Converts a request into rows the budget holds, without waiting for
+    /// the log: the memory a request takes before it is stored is bounded
+    /// by those being prepared at once; waiting for the disk is not.
+    ///
+    /// The budget is reserved from an estimate before converting, so a
+    /// request that would expand past it is refused before anything is
+    /// allocated, then settled to the rows' real size.
+    pub fn prepare<R: ExportRequest>(
+        &self,
+        request: &R,
+        transport: Transport,
+    ) -> Result<Prepared<R>, IngestError> {
+        let failed = |e: IngestError| {
+            self.refused(R::SIGNAL, transport, &e);
+            e
+        };
+        let full = |source: StoreError| match source {
+            StoreError::TooLarge { .. } => IngestError::TooLarge(source),
+            _ => IngestError::Full {
+                source,
+                retry_after: self.retry_after,
+            },
+        };
+        let reservation = self
+            .store
+            .reserve(request.estimate())
+            .map_err(|e| failed(full(e)))?;
         let Converted { batch, rejected } =
             request.convert().map_err(|source| IngestError::Internal {
                 signal: R::SIGNAL.name(),
@@ -250,7 +332,10 @@ impl Ingester {
             })?;
         let now = now_nanos();
         let admitted = self.store.admit(R::SIGNAL, batch, now);
-        let (accepted, refused) = (admitted.rows, admitted.refused);
+        let reservation = self
+            .store
+            .resize(reservation, admitted.bytes)
+            .map_err(|e| failed(full(e)))?;
         let mut message = rejected.message();
         if let Some(reason) = &admitted.reason {
             if !message.is_empty() {
@@ -258,37 +343,63 @@ impl Ingester {
             }
             message.push_str(reason);
         }
-        let failed = |e: IngestError| {
-            self.refused(R::SIGNAL, transport, &e);
-            e
-        };
-        let reservation = self.store.reserve(admitted.bytes).map_err(|source| {
-            failed(match source {
-                StoreError::TooLarge { .. } => IngestError::TooLarge(source),
-                _ => IngestError::Full {
-                    source,
-                    retry_after: self.retry_after,
-                },
-            })
-        })?;
-        self.store
-            .append(R::SIGNAL, admitted, reservation, now)
+        Ok(Prepared {
+            rejected: rejected.count + admitted.refused as i64,
+            message,
+            admitted,
+            reservation,
+            now,
+            transport,
+            _request: std::marker::PhantomData,
+        })
+    }
+}
+
+/// A request converted and reserved in the budget, to be made durable.
+#[derive(Debug)]
+pub struct Prepared<R> {
+    admitted: crate::store::Admitted,
+    reservation: crate::store::Reservation,
+    rejected: i64,
+    message: String,
+    now: i64,
+    transport: Transport,
+    _request: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: ExportRequest> Prepared<R> {
+    /// Makes the rows durable and stored, and answers.
+    pub async fn commit(self, ingester: &Ingester) -> Result<R::Response, IngestError> {
+        let accepted = self.admitted.rows;
+        ingester
+            .store
+            .append(R::SIGNAL, self.admitted, self.reservation, self.now)
             .await
             .map_err(|source| {
-                failed(IngestError::Unavailable {
-                    source,
-                    retry_after: self.retry_after,
-                })
+                let retry_after = ingester.retry_after;
+                let e = match source {
+                    // The log's copy did not fit in the budget.
+                    StoreError::Full { .. } => IngestError::Full {
+                        source,
+                        retry_after,
+                    },
+                    StoreError::TooLarge { .. } => IngestError::TooLarge(source),
+                    StoreError::Wal(_) => IngestError::Unavailable {
+                        source,
+                        retry_after,
+                    },
+                };
+                ingester.refused(R::SIGNAL, self.transport, &e);
+                e
             })?;
-        let rejected_total = rejected.count + refused as i64;
         BatchIngested {
             signal: R::SIGNAL,
-            transport,
+            transport: self.transport,
             accepted,
-            rejected: rejected_total as u64,
+            rejected: self.rejected as u64,
         }
-        .emit(&self.metrics);
-        Ok(R::response(rejected_total, message))
+        .emit(&ingester.metrics);
+        Ok(R::response(self.rejected, self.message))
     }
 }
 

@@ -22,6 +22,8 @@ pub struct QueryOptions {
     pub max_rows: usize,
     /// Time a query may run.
     pub timeout: Duration,
+    /// Arrow bytes an answer may hold.
+    pub max_result_bytes: usize,
 }
 
 /// Why an offline query engine could not be set up.
@@ -42,6 +44,11 @@ pub enum QueryError {
     /// The query ran out of time.
     #[error("query exceeded its timeout of {}", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// The answer is larger than `[query] max_result_bytes`.
+    #[error(
+        "the answer holds more than {0} bytes ([query] max_result_bytes): select fewer columns or rows"
+    )]
+    TooLarge(bytesize::ByteSize),
     /// The engine failed, not the query.
     #[error("{0}")]
     Internal(DataFusionError),
@@ -207,7 +214,24 @@ impl QueryEngine {
             let df = df
                 .limit(0, Some(self.options.max_rows + 1))
                 .map_err(QueryError::from_datafusion)?;
-            let mut batches = df.collect().await.map_err(QueryError::from_datafusion)?;
+            // Streamed, so that an answer past its byte limit stops there
+            // instead of being held whole first.
+            let mut stream = df
+                .execute_stream()
+                .await
+                .map_err(QueryError::from_datafusion)?;
+            let mut batches = Vec::new();
+            let mut bytes = 0;
+            while let Some(batch) = futures::StreamExt::next(&mut stream).await {
+                let batch = batch.map_err(QueryError::from_datafusion)?;
+                bytes += batch.get_array_memory_size();
+                if bytes > self.options.max_result_bytes {
+                    return Err(QueryError::TooLarge(bytesize::ByteSize::b(
+                        self.options.max_result_bytes as u64,
+                    )));
+                }
+                batches.push(batch);
+            }
             let truncated = truncate(&mut batches, self.options.max_rows);
             Ok(QueryResult {
                 schema,

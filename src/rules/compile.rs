@@ -64,6 +64,8 @@ pub struct RulePlanner {
     state: SessionState,
     /// The global bounds of rule actions.
     limits: crate::act::config::ActionLimits,
+    /// Memory one evaluation's sorts, joins and aggregations may hold.
+    memory_limit: Option<usize>,
 }
 
 impl RulePlanner {
@@ -87,7 +89,19 @@ impl RulePlanner {
         Ok(Self {
             state: ctx.state(),
             limits: Default::default(),
+            memory_limit: None,
         })
+    }
+
+    /// Gives each evaluation a memory pool of `bytes`.
+    pub fn with_memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The memory one evaluation may hold, when limited.
+    pub fn memory_limit(&self) -> Option<usize> {
+        self.memory_limit
     }
 
     /// Bounds rule actions by `limits` rather than the defaults.

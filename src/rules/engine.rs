@@ -112,9 +112,22 @@ impl RuleEngine {
         metrics: Arc<Metrics>,
         limits: crate::act::config::ActionLimits,
     ) -> Result<Self, datafusion::error::DataFusionError> {
+        Self::with_planner(
+            dir,
+            RulePlanner::new(store)?.with_action_limits(limits),
+            metrics,
+        )
+    }
+
+    /// A rule engine planning and evaluating rules with `planner`.
+    pub fn with_planner(
+        dir: PathBuf,
+        planner: RulePlanner,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, datafusion::error::DataFusionError> {
         Ok(Self {
             dir,
-            planner: RulePlanner::new(store)?.with_action_limits(limits),
+            planner,
             rules: RwLock::new(BTreeMap::new()),
             errors: RwLock::new(Vec::new()),
             events: broadcast::channel(EVENT_BUFFER).0,
@@ -280,7 +293,9 @@ impl RuleEngine {
         let loaded = self.rule(name)?;
         let rule = &loaded.rule;
         let started = Instant::now();
-        let answer = rule.evaluate(self.planner.state(), now).await;
+        let answer = rule
+            .evaluate_within(self.planner.state(), now, self.planner.memory_limit())
+            .await;
         let elapsed = started.elapsed();
         let window = rule.window_at(now);
         let mut evaluation = Evaluation {

@@ -11,7 +11,9 @@ use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::SessionState;
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::collect;
 use serde_json::{Map, Value};
@@ -87,13 +89,39 @@ impl CompiledRule {
 
     /// Runs the rule's query for an evaluation at `now`.
     pub async fn evaluate(&self, state: &SessionState, now: i64) -> Result<Answer> {
+        self.evaluate_within(state, now, None).await
+    }
+
+    /// [`CompiledRule::evaluate`] with a memory pool of its own holding at
+    /// most `memory_limit` bytes for its sorts, joins and aggregations: an
+    /// evaluation that needs more fails (its tick records the error), and
+    /// no other rule or query loses memory to it.
+    pub async fn evaluate_within(
+        &self,
+        state: &SessionState,
+        now: i64,
+        memory_limit: Option<usize>,
+    ) -> Result<Answer> {
         let window = self.window_at(now);
         let plan = self.bind(window)?;
         let physical = state
             .query_planner()
             .create_physical_plan(&plan, state)
             .await?;
-        let batches = collect(physical, state.task_ctx()).await?;
+        let task = match memory_limit {
+            Some(limit) => {
+                let base = state.runtime_env();
+                let runtime = RuntimeEnv {
+                    memory_pool: Arc::new(GreedyMemoryPool::new(limit)),
+                    disk_manager: base.disk_manager.clone(),
+                    cache_manager: base.cache_manager.clone(),
+                    object_store_registry: base.object_store_registry.clone(),
+                };
+                Arc::new(TaskContext::from(state).with_runtime(Arc::new(runtime)))
+            }
+            None => state.task_ctx(),
+        };
+        let batches = collect(physical, task).await?;
         let batch = concat_batches(&self.output, &batches)?;
         let matches = self.matches(&batch)?;
         Ok(Answer {

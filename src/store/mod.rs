@@ -232,6 +232,11 @@ impl Reservation {
     fn settle(mut self) -> u64 {
         std::mem::take(&mut self.bytes)
     }
+
+    /// Bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
 }
 
 impl Drop for Reservation {
@@ -513,6 +518,23 @@ impl Store {
         }
     }
 
+    /// Makes `reservation` hold `bytes`: gives back what is not needed, or
+    /// reserves the difference (which may fail as [`Store::reserve`] does;
+    /// the reservation is then given back whole).
+    pub fn resize(&self, reservation: Reservation, bytes: u64) -> Result<Reservation, StoreError> {
+        let held = reservation.bytes;
+        if bytes <= held {
+            self.used.fetch_sub(held - bytes, Ordering::AcqRel);
+            let mut r = reservation;
+            r.bytes = bytes;
+            return Ok(r);
+        }
+        let more = self.reserve(bytes - held)?;
+        let mut r = reservation;
+        r.bytes += more.settle();
+        Ok(r)
+    }
+
     /// Drops the oldest archived partition of any table; `None` when no
     /// partition in memory is archived yet.
     fn evict_oldest(&self) -> Option<(Signal, Evicted)> {
@@ -610,7 +632,13 @@ impl Store {
             return Appended(None);
         }
         match self.wal.get() {
-            Some(wal) => Appended(Some(wal.append(signal, admitted.parts, reservation, now))),
+            Some(wal) => Appended(Some(wal.append(
+                self,
+                signal,
+                admitted.parts,
+                reservation,
+                now,
+            ))),
             None => {
                 self.commit_insert(signal, admitted.parts, reservation, now, None);
                 Appended(None)

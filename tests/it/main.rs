@@ -16,6 +16,7 @@ mod durability;
 mod json;
 mod memory;
 mod metrics;
+mod overload;
 mod policies;
 mod rules;
 mod s3;

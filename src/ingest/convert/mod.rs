@@ -7,6 +7,7 @@
 //! rest of the request is kept.
 
 pub mod common;
+pub mod estimate;
 pub mod logs;
 pub mod metrics;
 pub mod spans;

@@ -447,6 +447,8 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), WalError> {
 struct Request {
     signal: Signal,
     payload: Vec<u8>,
+    /// The budget the payload takes, given back once it is written.
+    copy: Reservation,
     parts: Vec<Part>,
     reservation: Reservation,
     now: i64,
@@ -515,6 +517,7 @@ impl Wal {
     /// inserted. The caller's thread does the encoding.
     pub(super) fn append(
         &self,
+        store: &Store,
         signal: Signal,
         parts: Vec<Part>,
         reservation: Reservation,
@@ -529,9 +532,18 @@ impl Wal {
                 return answer;
             }
         };
+        // The encoded copy waits for the disk within the budget too.
+        let copy = match store.reserve(payload.capacity() as u64) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ack.send(Err(e));
+                return answer;
+            }
+        };
         let request = Request {
             signal,
             payload,
+            copy,
             parts,
             reservation,
             now,
@@ -566,7 +578,6 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Request>) {
-        let mut frames = Vec::with_capacity(1 << 20);
         while let Ok(first) = rx.recv() {
             let mut group = vec![first];
             let mut bytes = group[0].payload.len();
@@ -579,7 +590,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.write(group, &mut frames);
+            self.write(group);
         }
         if let Some((file, path)) = &self.file
             && let Err(e) = file.sync_data()
@@ -588,18 +599,25 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, group: Vec<Request>, frames: &mut Vec<u8>) {
+    fn write(&mut self, group: Vec<Request>) {
         if let Some(why) = &self.broken {
             fail(group, why);
             return;
         }
-        frames.clear();
         let first_lsn = self.next_lsn;
         let now = crate::ingest::now_nanos();
-        for (i, r) in group.iter().enumerate() {
-            segment::frame(frames, first_lsn + i as u64, now, r.signal, &r.payload);
-        }
-        if let Err(e) = self.persist(frames) {
+        let heads: Vec<_> = group
+            .iter()
+            .enumerate()
+            .map(|(i, r)| segment::frame_head(first_lsn + i as u64, now, r.signal, &r.payload))
+            .collect();
+        let frames: Vec<&[u8]> = heads
+            .iter()
+            .zip(&group)
+            .flat_map(|(h, r)| [&h[..], &r.payload[..]])
+            .collect();
+        let size: usize = frames.iter().map(|f| f.len()).sum();
+        if let Err(e) = self.persist(&frames, size) {
             let why = e.to_string();
             tracing::error!(error = %why, requests = group.len(), "write-ahead log write failed");
             self.dir.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -620,6 +638,8 @@ impl Writer {
         };
         for (i, r) in group.into_iter().enumerate() {
             let lsn = first_lsn + i as u64;
+            drop(r.payload);
+            drop(r.copy);
             store.commit_insert(r.signal, r.parts, r.reservation, r.now, Some(lsn + 1));
             let _ = r.ack.send(Ok(()));
         }
@@ -634,10 +654,19 @@ impl Writer {
     /// cut back to its last good length, so that a record whose sender was
     /// told it failed is never replayed; if even that fails, the log stops
     /// taking writes.
-    fn persist(&mut self, frames: &[u8]) -> Result<(), WalError> {
+    fn persist(&mut self, frames: &[&[u8]], size: usize) -> Result<(), WalError> {
         let (file, path) = self.file.as_mut().expect("a segment is open");
         let good = self.written;
-        let result = file.write_all(frames).and_then(|()| match self.durability {
+        // Heads and small payloads gather in the buffer; a payload larger
+        // than it goes to the file as it is.
+        let written = {
+            let mut out = std::io::BufWriter::with_capacity(64 << 10, &*file);
+            frames
+                .iter()
+                .try_for_each(|f| out.write_all(f))
+                .and_then(|()| out.flush())
+        };
+        let result = written.and_then(|()| match self.durability {
             Durability::Fsync => {
                 self.dir.stats.syncs.fetch_add(1, Ordering::Relaxed);
                 file.sync_data()
@@ -646,7 +675,7 @@ impl Writer {
         });
         match result {
             Ok(()) => {
-                self.written += frames.len() as u64;
+                self.written += size as u64;
                 Ok(())
             }
             Err(e) => {

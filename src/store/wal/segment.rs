@@ -56,20 +56,31 @@ pub(super) fn encode(signal: Signal, batches: &[&RecordBatch]) -> Result<Vec<u8>
         .map_err(|e| format!("IPC encoding: {e}"))
 }
 
-/// Appends one frame to `out`.
-pub(super) fn frame(out: &mut Vec<u8>, lsn: u64, written_at: i64, signal: Signal, payload: &[u8]) {
+/// The bytes of a frame before its payload: the payload is written after
+/// them as it is, not copied into one buffer with them.
+pub(super) fn frame_head(
+    lsn: u64,
+    written_at: i64,
+    signal: Signal,
+    payload: &[u8],
+) -> [u8; FRAME_HEAD + BODY_HEAD] {
     let body_len = BODY_HEAD + payload.len();
-    let mut head = [0u8; BODY_HEAD];
-    head[..8].copy_from_slice(&lsn.to_le_bytes());
-    head[8..16].copy_from_slice(&written_at.to_le_bytes());
-    head[16] = signal as u8;
+    let mut head = [0u8; FRAME_HEAD + BODY_HEAD];
+    head[8..16].copy_from_slice(&lsn.to_le_bytes());
+    head[16..24].copy_from_slice(&written_at.to_le_bytes());
+    head[24] = signal as u8;
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&head);
+    crc.update(&head[FRAME_HEAD..]);
     crc.update(payload);
-    out.reserve(FRAME_HEAD + body_len);
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&head);
+    head[..4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    head[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    head
+}
+
+/// Appends one frame to `out` (tests).
+#[cfg(test)]
+pub(super) fn frame(out: &mut Vec<u8>, lsn: u64, written_at: i64, signal: Signal, payload: &[u8]) {
+    out.extend_from_slice(&frame_head(lsn, written_at, signal, payload));
     out.extend_from_slice(payload);
 }
 
